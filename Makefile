@@ -14,7 +14,7 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -r requirements.txt
-	$(BIN)/pip install --no-deps -e .
+	$(BIN)/pip install --no-deps -e . --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: venv
