@@ -1,0 +1,212 @@
+"""A backbone made of one network graph plus torch pre/post-processing, for any runtime.
+
+Every accelerated runtime (torch on CUDA or CPU, ONNX Runtime, TensorRT) runs the same graph:
+normalised 1x3xHxW float32 image in, named outputs out (`relative` 1xHxW first, then feature maps
+1xCxhxw). What differs is only the `GraphRunner`. Pre-processing (resize, ImageNet normalisation)
+and post-processing (resize back to the camera's resolution) run in torch on the runner's device,
+so on a GPU the image is uploaded once as uint8 and only the small outputs come back.
+
+`GraphMeta` describes a graph (what its output means, how to feed it); it is stored in the ONNX
+file's metadata so an exported file or engine built from it is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from scale_field_ros.backbone import BackboneOutput, DepthKind, to_rgb8
+
+if TYPE_CHECKING:
+    import torch
+
+LOG = logging.getLogger(__name__)
+META_KEY = "scale_field_ros.graph"
+RELATIVE_OUTPUT = "relative"
+INPUT_NAME = "image"
+ASPECT_TOLERANCE = 0.02  # relative aspect change above which a fixed-size graph distorts visibly
+
+
+@dataclass(frozen=True)
+class GraphMeta:
+    """How to feed a graph and read its outputs."""
+
+    backbone: str  # e.g. "depth_anything_v2_small"
+    kind: DepthKind
+    metric: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    multiple: int  # input sides must be multiples of this (the ViT patch size)
+    short_side: int  # input short side for dynamic graphs; aspect ratio is kept
+    output_names: tuple[str, ...]
+    fixed_hw: tuple[int, int] | None = None  # (H, W) when exported at a fixed input size
+
+    def __post_init__(self) -> None:
+        if not self.output_names or self.output_names[0] != RELATIVE_OUTPUT:
+            raise ValueError(f"first graph output must be {RELATIVE_OUTPUT!r}, got {self.output_names}")
+        if self.multiple < 1 or self.short_side < self.multiple:
+            raise ValueError(f"bad input geometry: multiple {self.multiple}, short side {self.short_side}")
+        if self.fixed_hw is not None and any(s % self.multiple for s in self.fixed_hw):
+            raise ValueError(f"fixed input size {self.fixed_hw} is not a multiple of {self.multiple}")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.output_names[1:]
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        return json.dumps(d, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> GraphMeta:
+        try:
+            d = json.loads(text)
+            d["kind"] = DepthKind(d["kind"])
+            for key in ("mean", "std", "output_names"):
+                d[key] = tuple(d[key])
+            if d.get("fixed_hw") is not None:
+                d["fixed_hw"] = tuple(int(s) for s in d["fixed_hw"])
+            return GraphMeta(**d)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"graph metadata is not valid: {exc}") from exc
+
+
+def network_input_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """(H, W) for the network: short side scaled to at least `short_side`, aspect kept, sides multiples of `multiple`.
+
+    Rounds each side to the nearest multiple, but never below `short_side` on the short side (the
+    "lower bound" policy of the Depth Anything processor), so the aspect error is under one patch.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    scale = short_side / min(height, width)
+
+    def side(length: int) -> int:
+        return max(multiple, int(round(length * scale / multiple)) * multiple)
+
+    h_in, w_in = side(height), side(width)
+    lower = math.ceil(short_side / multiple) * multiple
+    if height <= width:
+        h_in = max(h_in, lower)
+    else:
+        w_in = max(w_in, lower)
+    return h_in, w_in
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Milliseconds of the last `infer` call, with the device synchronised at stage borders."""
+
+    preprocess: float = 0.0
+    network: float = 0.0
+    postprocess: float = 0.0
+
+
+class GraphRunner(Protocol):
+    """Runs the graph on its device: normalised 1x3xHxW tensor -> outputs in `GraphMeta.output_names` order."""
+
+    name: str  # runtime name, e.g. "tensorrt", "torch-cuda", "onnxruntime-cpu"
+    device: torch.device
+    fixed_hw: tuple[int, int] | None  # input size the runner is bound to, None when any size works
+
+    def run(self, image: torch.Tensor) -> list[torch.Tensor]: ...
+
+
+def preprocess(rgb: np.ndarray, size_hw: tuple[int, int], meta: GraphMeta, device: torch.device) -> torch.Tensor:
+    """RGB uint8 HxWx3 -> normalised float32 1x3xHxW on `device` (uploaded as uint8, resized there)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    img = torch.from_numpy(rgb).to(device, non_blocking=True)
+    x = img.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    if tuple(x.shape[-2:]) != tuple(size_hw):
+        # Antialiased bicubic, clamped: cubic overshoot would push values outside the trained range.
+        x = F.interpolate(x, size=size_hw, mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+    mean = torch.tensor(meta.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def resize_relative(relative: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """1xhxw network output -> HxW at the camera's resolution (bilinear)."""
+    import torch.nn.functional as F  # noqa: N812
+
+    x = relative.float().reshape(1, 1, *relative.shape[-2:])
+    if tuple(x.shape[-2:]) != tuple(size_hw):
+        x = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False)
+    return x[0, 0]
+
+
+@dataclass
+class GraphBackbone:
+    """`Backbone` over a `GraphRunner`: the product's backbone for every accelerated runtime."""
+
+    meta: GraphMeta
+    runner: GraphRunner
+    name: str = ""
+    runtime: str = ""
+    last_times: StageTimes = field(default_factory=StageTimes)
+    _warned_aspect: bool = False
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.meta.backbone
+        self.runtime = self.runtime or self.runner.name
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        fixed = self.runner.fixed_hw or self.meta.fixed_hw
+        if fixed is None:
+            return network_input_size(height, width, self.meta.short_side, self.meta.multiple)
+        aspect_change = abs((fixed[1] / fixed[0]) / (width / height) - 1.0)
+        if aspect_change > ASPECT_TOLERANCE and not self._warned_aspect:
+            LOG.warning(
+                "%s: graph input is fixed at %dx%d but images are %dx%d; the image is stretched "
+                "(aspect off by %.0f%%). Export with --width/--height matching the camera, or dynamic.",
+                self.name,
+                fixed[1],
+                fixed[0],
+                width,
+                height,
+                100 * aspect_change,
+            )
+            self._warned_aspect = True
+        return fixed
+
+    def infer(self, rgb: np.ndarray) -> BackboneOutput:
+        import torch
+
+        rgb8 = to_rgb8(rgb)
+        height, width = rgb8.shape[:2]
+        device = self.runner.device
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            image = preprocess(rgb8, self.input_size(height, width), self.meta, device)
+            sync()
+            t1 = time.perf_counter()
+            outputs = self.runner.run(image)
+            sync()
+            t2 = time.perf_counter()
+            if len(outputs) != len(self.meta.output_names):
+                raise RuntimeError(
+                    f"{self.runtime} returned {len(outputs)} outputs, graph declares {self.meta.output_names}"
+                )
+            relative = resize_relative(outputs[0], (height, width))
+            relative_np = relative.cpu().numpy().astype(np.float32, copy=False)
+            names = self.meta.feature_names
+            features = {name: out[0].float().cpu().numpy() for name, out in zip(names, outputs[1:], strict=True)}
+            t3 = time.perf_counter()
+        self.last_times = StageTimes(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2))
+        if not np.all(np.isfinite(relative_np)):
+            # FP16 overflow or a broken engine: keep the frame usable downstream, but say so.
+            LOG.warning("%s (%s) produced non-finite relative depth; replaced by 0", self.name, self.runtime)
+            relative_np = np.nan_to_num(relative_np, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.meta.kind is DepthKind.INVERSE_DEPTH:
+            relative_np = np.maximum(relative_np, 0.0)  # bilinear resize keeps >= 0; guards engines without the ReLU
+        return BackboneOutput(relative=relative_np, kind=self.meta.kind, metric=self.meta.metric, features=features)

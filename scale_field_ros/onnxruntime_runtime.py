@@ -1,0 +1,65 @@
+"""Run an exported graph with ONNX Runtime: CUDA provider where installed, CPU otherwise."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scale_field_ros.graph_backbone import META_KEY, GraphMeta
+
+if TYPE_CHECKING:
+    import torch
+
+LOG = logging.getLogger(__name__)
+
+
+def read_graph_meta(onnx_path: str | Path) -> GraphMeta:
+    """The `GraphMeta` an `export` wrote into the ONNX file, or ValueError naming the file."""
+    import onnx
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise ValueError(f"{path} is not a readable ONNX file: {exc}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise ValueError(f"{path} has no {META_KEY!r} metadata; export it with `scale-field export`")
+    return GraphMeta.from_json(props[META_KEY])
+
+
+class OnnxRuntimeRunner:
+    """`GraphRunner` over an ONNX Runtime session; `providers` None picks CUDA when available."""
+
+    def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+        import torch
+
+        self.meta = read_graph_meta(onnx_path)
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        used = self.session.get_providers()
+        on_cuda = bool(used) and used[0] == "CUDAExecutionProvider"
+        self.name = "onnxruntime-cuda" if on_cuda else "onnxruntime-cpu"
+        # Pre/post-processing stays on the CPU: outputs come back as numpy either way.
+        self.device = torch.device("cpu")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if tuple(self.output_names) != self.meta.output_names:
+            raise ValueError(f"{onnx_path}: outputs {self.output_names} differ from metadata {self.meta.output_names}")
+        self.fixed_hw = self.meta.fixed_hw
+        LOG.info("onnxruntime session on %s (providers %s)", self.name, used)
+
+    def run(self, image: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
+        arrays = self.session.run(self.output_names, {self.input_name: image.cpu().numpy()})
+        return [torch.from_numpy(a) for a in arrays]

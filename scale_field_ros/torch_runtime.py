@@ -1,0 +1,31 @@
+"""Run a graph module eagerly in torch: the CUDA fallback where TensorRT is missing, and the CPU reference."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TorchRunner:
+    """`GraphRunner` for a torch module on CPU or CUDA (FP32; FP16 autocast on CUDA when `half`)."""
+
+    fixed_hw = None
+
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu", half: bool = False) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("torch runtime on cuda requested but torch sees no CUDA device")
+        self.module = module.eval().to(self.device)
+        self.half = bool(half and self.device.type == "cuda")
+        self.name = f"torch-{self.device.type}" + ("-fp16" if self.half else "")
+
+    def run(self, image: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+            outputs = self.module(image.to(self.device))
+        return [out.float() for out in outputs]

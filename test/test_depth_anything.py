@@ -1,0 +1,107 @@
+"""Depth Anything V2 graph: shapes, feature taps, the restated head against transformers' forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from scale_field_ros import depth_anything  # noqa: E402
+from scale_field_ros.backbone import DepthKind  # noqa: E402
+from scale_field_ros.graph_backbone import GraphBackbone, network_input_size  # noqa: E402
+from scale_field_ros.torch_runtime import TorchRunner  # noqa: E402
+
+
+def tiny_config():
+    """Small-shaped but shrunk DINOv2 + DPT neck: same code paths, fast on CPU."""
+    return depth_anything.model_config(
+        "depth_anything_v2_small",
+        backbone_hidden_size=48,
+        backbone_num_attention_heads=2,
+        backbone_num_hidden_layers=4,
+        backbone_out_indices=[1, 2, 3, 4],
+        reassemble_hidden_size=48,
+        neck_hidden_sizes=[8, 16, 32, 48],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return depth_anything.load_model("depth_anything_v2_small", random_init=True, config=tiny_config())
+
+
+def test_graph_matches_transformers_forward(tiny_model):
+    graph = depth_anything.build_graph(tiny_model, feature_levels=(0, 1, 2, 3))
+    x = torch.randn(1, 3, 14 * 9, 14 * 13, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = graph(x)
+        ref = tiny_model(pixel_values=x).predicted_depth
+    assert graph.output_names == ("relative", "neck_fused_0", "neck_fused_1", "neck_fused_2", "neck_fused_3")
+    torch.testing.assert_close(ours[0], ref, rtol=0, atol=0)
+    # Fused maps coarsest first: 1, 2, 4 and 8 times the patch grid, fusion_hidden_size channels.
+    for level, fmap in enumerate(ours[1:]):
+        assert fmap.shape == (1, 16, 9 * 2**level, 13 * 2**level)
+
+
+def test_bad_feature_level_and_variant(tiny_model):
+    with pytest.raises(ValueError, match="feature level"):
+        depth_anything.build_graph(tiny_model, feature_levels=(4,))
+    with pytest.raises(ValueError, match="unknown Depth Anything variant"):
+        depth_anything.variant("depth_anything_v2_giant")
+
+
+def test_missing_weights_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="random_init"):
+        depth_anything.load_model("depth_anything_v2_small", tmp_path / "nope")
+
+
+def test_small_config_real_shapes_at_518():
+    """The published Small architecture (24.8M parameters) at its training resolution."""
+    model = depth_anything.load_model("depth_anything_v2_small", random_init=True)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(24.8e6, rel=0.01)
+    graph = depth_anything.build_graph(model)
+    with torch.no_grad():
+        relative, fused = graph(torch.zeros(1, 3, 518, 518))
+    assert relative.shape == (1, 518, 518)
+    assert fused.shape == (1, 64, 74, 74)
+
+
+@pytest.mark.parametrize("name", ["depth_anything_v2_base", "depth_anything_v2_large"])
+def test_larger_variant_configs(name):
+    v = depth_anything.variant(name)
+    cfg = depth_anything.model_config(name)
+    assert cfg.backbone_config.hidden_size == v.hidden_size == cfg.reassemble_hidden_size
+    assert cfg.backbone_config.out_features == [f"stage{i}" for i in v.out_indices]
+    assert cfg.neck_hidden_sizes[-1] <= v.hidden_size
+
+
+def test_network_input_size_keeps_aspect_and_patch_multiple():
+    for h, w in [(480, 640), (375, 1242), (640, 480), (518, 518), (17, 4000)]:
+        h_in, w_in = network_input_size(h, w, 518, 14)
+        assert h_in % 14 == 0 and w_in % 14 == 0
+        assert min(h_in, w_in) >= 518
+        # Rounding to whole patches moves the aspect ratio by at most one patch on the long side.
+        long_in = max(h_in, w_in)
+        assert abs(long_in - max(h, w) * min(h_in, w_in) / min(h, w)) <= 14
+
+
+def test_backbone_on_real_image(tiny_model):
+    from scale_field_ros.datasets import load_dataset, shared_root
+
+    root = shared_root()
+    if not (root / "data" / "nyu").exists():
+        pytest.skip("shared/data/nyu not available")
+    rgb = load_dataset(root / "data" / "nyu").frame(0).rgb
+    graph = depth_anything.build_graph(tiny_model)
+    backbone = GraphBackbone(depth_anything.graph_meta("depth_anything_v2_small", graph), TorchRunner(graph))
+    out = backbone.infer(rgb)
+    assert backbone.runtime == "torch-cpu"
+    assert out.kind is DepthKind.INVERSE_DEPTH and out.metric is False
+    assert out.relative.shape == rgb.shape[:2] and out.relative.dtype == np.float32
+    assert np.all(np.isfinite(out.relative)) and out.relative.min() >= 0
+    h_in, w_in = network_input_size(*rgb.shape[:2], 518, 14)
+    assert out.features["neck_fused_1"].shape == (16, 2 * h_in // 14, 2 * w_in // 14)
