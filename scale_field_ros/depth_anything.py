@@ -222,3 +222,21 @@ def graph_meta(name: str, graph, fixed_hw: tuple[int, int] | None = None):
         output_names=graph.output_names,
         fixed_hw=fixed_hw,
     )
+
+
+def reduced_config(name: str):
+    """The variant's architecture shrunk (4 narrow encoder layers, thin neck): every code path, a fraction of the compute.
+
+    For tests and smoke runs on CPU; the published sizes come from `model_config`.
+    """
+    return model_config(
+        name,
+        backbone_hidden_size=48,
+        backbone_num_attention_heads=2,
+        backbone_num_hidden_layers=4,
+        backbone_out_indices=[1, 2, 3, 4],
+        reassemble_hidden_size=48,
+        neck_hidden_sizes=[8, 16, 32, 48],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )

@@ -15,18 +15,7 @@ from scale_field_ros.torch_runtime import TorchRunner  # noqa: E402
 
 
 def tiny_config():
-    """Small-shaped but shrunk DINOv2 + DPT neck: same code paths, fast on CPU."""
-    return depth_anything.model_config(
-        "depth_anything_v2_small",
-        backbone_hidden_size=48,
-        backbone_num_attention_heads=2,
-        backbone_num_hidden_layers=4,
-        backbone_out_indices=[1, 2, 3, 4],
-        reassemble_hidden_size=48,
-        neck_hidden_sizes=[8, 16, 32, 48],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-    )
+    return depth_anything.reduced_config("depth_anything_v2_small")
 
 
 @pytest.fixture(scope="module")
