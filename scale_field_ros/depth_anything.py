@@ -225,7 +225,7 @@ def graph_meta(name: str, graph, fixed_hw: tuple[int, int] | None = None):
 
 
 def reduced_config(name: str):
-    """The variant's architecture shrunk (4 narrow encoder layers, thin neck): every code path, a fraction of the compute.
+    """The variant's architecture shrunk (4 narrow layers, thin neck): every code path, a fraction of the compute.
 
     For tests and smoke runs on CPU; the published sizes come from `model_config`.
     """

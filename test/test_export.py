@@ -28,7 +28,9 @@ def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_graph():
-    return export.build_graph("depth_anything_v2_small", random_init=True, config=depth_anything.reduced_config("depth_anything_v2_small"))
+    return export.build_graph(
+        "depth_anything_v2_small", random_init=True, config=depth_anything.reduced_config("depth_anything_v2_small")
+    )
 
 
 @pytest.fixture(scope="module")
