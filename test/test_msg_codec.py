@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 
 from scale_field_ros import msg_codec as mc
-from scale_field_ros.datasets import load_dataset, shared_root
-
-DATA = shared_root() / "data"
-pytestmark = pytest.mark.skipif(not (DATA / "sun3d_seq").is_dir(), reason=f"shared data not found at {DATA}")
+from scale_field_ros.camera import transform_points
 
 
 @pytest.fixture(scope="module")
-def sun3d():
-    return load_dataset(DATA / "sun3d_seq").frame(0)
+def frame(sun3d):
+    return sun3d.frame(0)
 
 
 @pytest.fixture(scope="module")
-def kitti():
-    return load_dataset(DATA / "kitti_lidar").frame(0)
+def lidar_frame(kitti_lidar):
+    return kitti_lidar.frame(0)
 
 
 def padded(rows: np.ndarray, pad: int, fill: int = 0xAB) -> tuple[int, bytes]:
@@ -37,16 +34,16 @@ def padded(rows: np.ndarray, pad: int, fill: int = 0xAB) -> tuple[int, bytes]:
 # --------------------------------------------------------------------------- images
 
 
-def test_rgb8_round_trip(sun3d):
-    f = mc.rgb8_image_fields(sun3d.rgb)
-    assert (f.encoding, f.height, f.width, f.step) == ("rgb8", *sun3d.rgb.shape[:2], sun3d.rgb.shape[1] * 3)
-    np.testing.assert_array_equal(mc.image_to_rgb8(f.encoding, f.height, f.width, f.step, f.data), sun3d.rgb)
+def test_rgb8_round_trip(frame):
+    f = mc.rgb8_image_fields(frame.rgb)
+    assert (f.encoding, f.height, f.width, f.step) == ("rgb8", *frame.rgb.shape[:2], frame.rgb.shape[1] * 3)
+    np.testing.assert_array_equal(mc.image_to_rgb8(f.encoding, f.height, f.width, f.step, f.data), frame.rgb)
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
 @pytest.mark.parametrize("pad", [0, 7])
-def test_colour_encodings_with_row_padding(sun3d, encoding, pad):
-    rgb = sun3d.rgb
+def test_colour_encodings_with_row_padding(frame, encoding, pad):
+    rgb = frame.rgb
     h, w = rgb.shape[:2]
     pixels = rgb[:, :, ::-1] if encoding.startswith("bgr") else rgb
     if encoding.endswith("a8"):
@@ -56,8 +53,8 @@ def test_colour_encodings_with_row_padding(sun3d, encoding, pad):
     np.testing.assert_array_equal(out, rgb)
 
 
-def test_mono8_and_mono16_big_endian(sun3d):
-    grey = cv2.cvtColor(sun3d.rgb, cv2.COLOR_RGB2GRAY)
+def test_mono8_and_mono16_big_endian(frame):
+    grey = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY)
     h, w = grey.shape
     out8 = mc.image_to_rgb8("mono8", h, w, w + 3, padded(grey[:, :, None], 3)[1])
     np.testing.assert_array_equal(out8, np.repeat(grey[:, :, None], 3, axis=2))
@@ -68,18 +65,18 @@ def test_mono8_and_mono16_big_endian(sun3d):
         np.testing.assert_array_equal(out16[:, :, 0], grey)
 
 
-def test_16uc1_depth_both_endians_matches_dataset(sun3d):
-    mm = np.round(sun3d.depth_m * 1000.0).astype(np.uint16)
+def test_16uc1_depth_both_endians_matches_dataset(frame):
+    mm = np.round(frame.depth_m * 1000.0).astype(np.uint16)
     h, w = mm.shape
     for order, big in (("<u2", 0), (">u2", 1)):
         step, data = padded(mm.astype(order).view(np.uint8).reshape(h, w * 2, 1), 4)
         depth = mc.image_to_depth_m("16UC1", h, w, step, data, is_bigendian=big)
         assert depth.dtype == np.float32
-        np.testing.assert_allclose(depth, sun3d.depth_m, atol=1e-6)
+        np.testing.assert_allclose(depth, frame.depth_m, atol=1e-6)
 
 
-def test_32fc1_round_trip_and_invalid_to_zero(sun3d):
-    depth = sun3d.depth_m.copy()
+def test_32fc1_round_trip_and_invalid_to_zero(frame):
+    depth = frame.depth_m.copy()
     f = mc.depth_image_fields(depth)
     assert (f.encoding, f.step, f.is_bigendian) == ("32FC1", depth.shape[1] * 4, 0)
     assert len(f.data) == f.step * f.height
@@ -94,9 +91,9 @@ def test_32fc1_round_trip_and_invalid_to_zero(sun3d):
     np.testing.assert_array_equal(out_big, out)
 
 
-def test_image_size_errors(sun3d):
-    h, w = sun3d.rgb.shape[:2]
-    data = sun3d.rgb.tobytes()
+def test_image_size_errors(frame):
+    h, w = frame.rgb.shape[:2]
+    data = frame.rgb.tobytes()
     with pytest.raises(mc.MessageError, match="step"):
         mc.image_to_rgb8("rgb8", h, w, w * 3 - 1, data)
     with pytest.raises(mc.MessageError, match="bytes, expected"):
@@ -115,16 +112,16 @@ def test_image_size_errors(sun3d):
         mc.depth_image_fields(np.zeros((2, 3, 1), np.float32))
 
 
-def test_compressed_png_exact_and_jpeg_close(sun3d):
-    bgr = sun3d.rgb[:, :, ::-1]
+def test_compressed_png_exact_and_jpeg_close(frame):
+    bgr = frame.rgb[:, :, ::-1]
     ok, png = cv2.imencode(".png", bgr)
     assert ok
-    np.testing.assert_array_equal(mc.compressed_to_rgb8("png", png.tobytes()), sun3d.rgb)
+    np.testing.assert_array_equal(mc.compressed_to_rgb8("png", png.tobytes()), frame.rgb)
     ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     out = mc.compressed_to_rgb8("rgb8; jpeg compressed bgr8", jpg.tobytes())
-    assert out.shape == sun3d.rgb.shape
+    assert out.shape == frame.rgb.shape
     # JPEG is lossy; a channel swap would give errors of tens of grey levels.
-    assert np.abs(out.astype(int) - sun3d.rgb.astype(int)).mean() < 3.0
+    assert np.abs(out.astype(int) - frame.rgb.astype(int)).mean() < 3.0
 
 
 def test_compressed_errors():
@@ -141,8 +138,8 @@ def test_compressed_errors():
 # --------------------------------------------------------------------------- point clouds
 
 
-def test_cloud_round_trip_kitti(kitti):
-    pts = kitti.lidar_points
+def test_cloud_round_trip_kitti(lidar_frame):
+    pts = lidar_frame.lidar_points
     c = mc.xyzrgb_cloud_fields(pts)
     assert (c.point_step, c.height, c.width, c.row_step) == (12, 1, len(pts), 12 * len(pts)) and c.is_dense
     d = mc.pointcloud2_decode(c.fields, c.point_step, c.row_step, c.width, c.height, c.data, c.is_bigendian)
@@ -150,14 +147,12 @@ def test_cloud_round_trip_kitti(kitti):
     np.testing.assert_array_equal(d.points, pts)
 
 
-def test_cloud_rgb_packing_kitti(kitti):
-    pts = kitti.lidar_points
-    uv = np.clip(
-        np.round(kitti.intrinsics.project(pts @ kitti.T_cam_lidar[:3, :3].T + kitti.T_cam_lidar[:3, 3])[:2]),
-        0,
-        [[kitti.intrinsics.width - 1], [kitti.intrinsics.height - 1]],
-    ).astype(int)
-    rgb = kitti.rgb[uv[1], uv[0]]
+def test_cloud_rgb_packing_kitti(lidar_frame):
+    pts = lidar_frame.lidar_points
+    intr = lidar_frame.intrinsics
+    u, v, _ = intr.project(transform_points(lidar_frame.T_cam_lidar, pts))
+    uv = np.stack([np.clip(np.round(u), 0, intr.width - 1), np.clip(np.round(v), 0, intr.height - 1)]).astype(int)
+    rgb = lidar_frame.rgb[uv[1], uv[0]]
     c = mc.xyzrgb_cloud_fields(pts, rgb)
     assert [f[0] for f in c.fields] == ["x", "y", "z", "rgb"] and c.point_step == 16
     rec = np.frombuffer(c.data, np.dtype({"names": ["rgb"], "formats": ["<f4"], "offsets": [12], "itemsize": 16}))
@@ -194,15 +189,15 @@ def _custom_cloud(pts: np.ndarray, height: int, big: bool, row_pad: int):
 
 @pytest.mark.parametrize("big", [False, True])
 @pytest.mark.parametrize("height,row_pad", [(1, 0), (4, 0), (4, 24)])
-def test_cloud_float64_offsets_organised_big_endian(kitti, big, height, row_pad):
-    pts = kitti.lidar_points
+def test_cloud_float64_offsets_organised_big_endian(lidar_frame, big, height, row_pad):
+    pts = lidar_frame.lidar_points
     fields, point_step, row_step, width, h, data = _custom_cloud(pts, height, big, row_pad)
     out = mc.pointcloud2_to_xyz(fields, point_step, row_step, width, h, data, is_bigendian=big)
     np.testing.assert_array_equal(out, pts[: width * h])
 
 
-def test_cloud_nonfinite_dropped_and_counted(kitti):
-    pts = kitti.lidar_points.copy()
+def test_cloud_nonfinite_dropped_and_counted(lidar_frame):
+    pts = lidar_frame.lidar_points.copy()
     pts[::100, 1] = np.nan
     pts[5, 2] = np.inf
     c = mc.xyzrgb_cloud_fields(pts)
@@ -213,8 +208,8 @@ def test_cloud_nonfinite_dropped_and_counted(kitti):
     np.testing.assert_array_equal(d.points, pts[~bad])
 
 
-def test_cloud_errors(kitti):
-    c = mc.xyzrgb_cloud_fields(kitti.lidar_points[:100])
+def test_cloud_errors(lidar_frame):
+    c = mc.xyzrgb_cloud_fields(lidar_frame.lidar_points[:100])
     args = (c.point_step, c.row_step, c.width, c.height)
     with pytest.raises(mc.MessageError, match="no z field"):
         mc.pointcloud2_to_xyz(c.fields[:2], *args, c.data)
@@ -229,7 +224,7 @@ def test_cloud_errors(kitti):
         bad = (c.fields[0], c.fields[1], ("z", 8, mc.INT32, 1))
         mc.pointcloud2_to_xyz(bad, *args, c.data)
     with pytest.raises(mc.MessageError):
-        mc.xyzrgb_cloud_fields(kitti.lidar_points[:10], np.zeros((9, 3), np.uint8))
+        mc.xyzrgb_cloud_fields(lidar_frame.lidar_points[:10], np.zeros((9, 3), np.uint8))
     empty = mc.pointcloud2_to_xyz(c.fields, c.point_step, 0, 0, 1, b"")
     assert empty.shape == (0, 3)
 
@@ -237,10 +232,10 @@ def test_cloud_errors(kitti):
 # --------------------------------------------------------------------------- camera info and poses
 
 
-def test_camera_info_round_trip_and_errors(sun3d):
-    ci = mc.camera_info_fields(sun3d.intrinsics)
+def test_camera_info_round_trip_and_errors(frame):
+    ci = mc.camera_info_fields(frame.intrinsics)
     intr = mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, ci.distortion_model, ci.d)
-    assert intr == sun3d.intrinsics
+    assert intr == frame.intrinsics
     assert not mc.camera_info_is_distorted(ci.distortion_model, ci.d)
     assert mc.camera_info_is_distorted("plumb_bob", [0.1, 0, 0, 0, 0])
     assert not mc.camera_info_is_distorted("", [])
@@ -251,9 +246,8 @@ def test_camera_info_round_trip_and_errors(sun3d):
         mc.camera_info_to_intrinsics(ci.k, 0, ci.height)
 
 
-def test_pose_round_trip_on_dataset_poses():
-    ds = load_dataset(DATA / "sun3d_seq")
-    for meta in ds.frames_meta:
+def test_pose_round_trip_on_dataset_poses(sun3d):
+    for meta in sun3d.frames_meta:
         T = np.asarray(meta["T_world_cam"], float).reshape(4, 4)
         pos, q = mc.transform_to_pose(T)
         assert abs(np.linalg.norm(q) - 1.0) < 1e-12 and q[3] >= 0
@@ -271,8 +265,8 @@ def test_pose_round_trip_on_dataset_poses():
 # --------------------------------------------------------------------------- duck typing on real message types
 
 
-def test_byte_containers_all_decode_equal(sun3d):
-    f = mc.rgb8_image_fields(sun3d.rgb)
+def test_byte_containers_all_decode_equal(frame):
+    f = mc.rgb8_image_fields(frame.rgb)
     for data in (
         f.data,
         bytearray(f.data),
@@ -288,18 +282,18 @@ def test_byte_containers_all_decode_equal(sun3d):
         mc.as_byte_array(np.zeros(4, np.float32))
 
 
-def test_rosbags_and_rclpy_messages(sun3d, kitti):
+def test_rosbags_and_rclpy_messages(frame, lidar_frame):
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_HUMBLE)
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
-    f = mc.rgb8_image_fields(sun3d.rgb)
+    f = mc.rgb8_image_fields(frame.rgb)
     img = ts.types["sensor_msgs/msg/Image"](
         Header(Time(1, 2), "cam"), f.height, f.width, f.encoding, 0, f.step, np.frombuffer(f.data, np.uint8)
     )
-    np.testing.assert_array_equal(mc.image_msg_to_rgb8(img), sun3d.rgb)
+    np.testing.assert_array_equal(mc.image_msg_to_rgb8(img), frame.rgb)
     PointField = ts.types["sensor_msgs/msg/PointField"]
-    c = mc.xyzrgb_cloud_fields(kitti.lidar_points)
+    c = mc.xyzrgb_cloud_fields(lidar_frame.lidar_points)
     cloud = ts.types["sensor_msgs/msg/PointCloud2"](
         Header(Time(1, 2), "velodyne"),
         c.height,
@@ -311,17 +305,17 @@ def test_rosbags_and_rclpy_messages(sun3d, kitti):
         np.frombuffer(c.data, np.uint8),
         c.is_dense,
     )
-    np.testing.assert_array_equal(mc.pointcloud2_msg_to_xyz(cloud), kitti.lidar_points)
+    np.testing.assert_array_equal(mc.pointcloud2_msg_to_xyz(cloud), lidar_frame.lidar_points)
 
     sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="ROS 2 sensor_msgs wheels not installed")
     m = sensor_msgs.Image(height=f.height, width=f.width, encoding=f.encoding, step=f.step)
     m.data = f.data
-    np.testing.assert_array_equal(mc.image_msg_to_rgb8(m), sun3d.rgb)
+    np.testing.assert_array_equal(mc.image_msg_to_rgb8(m), frame.rgb)
     pc = sensor_msgs.PointCloud2(height=c.height, width=c.width, point_step=c.point_step, row_step=c.row_step)
     pc.fields = [sensor_msgs.PointField(name=n, offset=o, datatype=d, count=k) for n, o, d, k in c.fields]
     pc.data = c.data
-    np.testing.assert_array_equal(mc.pointcloud2_msg_to_xyz(pc), kitti.lidar_points)
-    ci = mc.camera_info_fields(sun3d.intrinsics)
+    np.testing.assert_array_equal(mc.pointcloud2_msg_to_xyz(pc), lidar_frame.lidar_points)
+    ci = mc.camera_info_fields(frame.intrinsics)
     info = sensor_msgs.CameraInfo(
         width=ci.width,
         height=ci.height,
@@ -331,5 +325,5 @@ def test_rosbags_and_rclpy_messages(sun3d, kitti):
         r=list(ci.r),
         p=list(ci.p),
     )
-    assert mc.camera_info_msg_to_intrinsics(info) == sun3d.intrinsics
+    assert mc.camera_info_msg_to_intrinsics(info) == frame.intrinsics
     assert not mc.camera_info_msg_is_distorted(info)
