@@ -14,12 +14,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .bagio import STORAGE_FORMATS, BagWriter, CameraBagTopics, MessageFactory
-from .datasets import Frame, load_dataset
 from .msg_codec import camera_info_fields, rgb8_image_fields, xyzrgb_cloud_fields
+
+if TYPE_CHECKING:
+    from .datasets import Frame
 
 CAMERA_FRAME = "camera_optical"
 LIDAR_FRAME = "velodyne"
@@ -32,7 +35,7 @@ DEFAULT_TOPICS = CameraBagTopics()
 # Pixel samplers: Frame -> (u, v) integer pixel coordinates whose ground-truth depth becomes an anchor.
 # TEMPORARY local implementations: to be replaced by scale_field_ros.patterns (field helper) once it lands,
 # by rebinding the entries of ANCHOR_SAMPLERS; nothing else here depends on how pixels are chosen.
-PixelSampler = Callable[[Frame], tuple[np.ndarray, np.ndarray]]
+PixelSampler = Callable[["Frame"], tuple[np.ndarray, np.ndarray]]
 
 
 def scan_line_pixels(frame: Frame, n_lines: int = 32, column_step: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +107,8 @@ def make_bag(
     topics: CameraBagTopics = DEFAULT_TOPICS,
 ) -> MakeBagResult:
     """Write the dataset at `data_dir` as a ROS 2 bag at `out` (see the module docstring for its contents)."""
+    from .datasets import load_dataset  # imports OpenCV; kept out of `scale-field --help`
+
     rate_hz = _rate("rate-hz", rate_hz)
     anchor_rate_hz = _rate("anchor-rate-hz", anchor_rate_hz)
     if repeat < 1:
