@@ -240,3 +240,121 @@ def reduced_config(name: str):
         fusion_hidden_size=16,
         head_hidden_size=8,
     )
+
+
+def _source_fingerprint(name: str, source: str, random_init: bool, feature_levels: tuple[int, ...], config) -> str:
+    """Digest of what an exported graph depends on: weights source, library versions, taps.
+
+    Local folders contribute each file's size and mtime (cheap, changes when weights are replaced);
+    a hub id is taken as immutable per transformers version.
+    """
+    import hashlib
+
+    import torch
+    import transformers
+
+    parts = [name, "random-init" if random_init else source, transformers.__version__, torch.__version__]
+    parts.append(",".join(map(str, feature_levels)))
+    if config is not None:
+        parts.append(config.to_json_string())
+    folder = Path(source)
+    if not random_init and folder.is_dir():
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cached_onnx(
+    name: str,
+    model_path: str | Path | None = None,
+    *,
+    random_init: bool = False,
+    cache_dir: str | Path | None = None,
+    feature_levels: tuple[int, ...] = DEFAULT_FEATURE_LEVELS,
+    config=None,
+) -> Path:
+    """The dynamic-size ONNX graph of a model, exported once into the cache (ONNX Runtime / TensorRT need it)."""
+    import logging
+
+    from scale_field_ros import export
+    from scale_field_ros.engine_cache import default_cache_dir
+
+    source = str(model_path) if model_path is not None else variant(name).hub_id
+    digest = _source_fingerprint(name, source, random_init, feature_levels, config if random_init else None)
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "onnx" / f"{name}-{digest}.onnx"
+    if path.is_file():
+        return path
+    logging.getLogger(__name__).info("exporting %s (%s) to %s for the ONNX-based runtimes", name, source, path)
+    module, meta = export.build_graph(
+        name, model_path, random_init=random_init, feature_levels=feature_levels, config=config
+    )
+    tmp = path.with_suffix(".partial.onnx")
+    export.export_onnx(module, meta, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_backbone(
+    name: str = "depth_anything_v2_small",
+    model_path: str | Path | None = None,
+    runtime: str = "auto",
+    threads: int = 0,
+    device: str = "auto",
+    *,
+    random_init: bool = False,
+    precision: str = "fp16",
+    cache_dir: str | Path | None = None,
+    available=None,
+    config=None,
+):
+    """A ready `GraphBackbone` for a Depth Anything V2 variant on the best (or the requested) runtime.
+
+    model_path: hub id or local folder of transformers weights, or an `.onnx` from `scale-field export`
+    (then only ONNX Runtime and TensorRT apply). The chosen runtime and the reason are logged.
+    `available` overrides the probed `RuntimeAvailability`; `config` the architecture for random_init.
+    """
+    import logging
+
+    from scale_field_ros import runtime_select as rs
+    from scale_field_ros.graph_backbone import GraphBackbone
+
+    variant(name)
+    onnx_given = model_path is not None and str(model_path).endswith(".onnx")
+    supported = (rs.TENSORRT, rs.ORT_CUDA, rs.ORT_CPU) if onnx_given else rs.AUTO_ORDER[:-1]
+    available = available if available is not None else rs.probe_runtimes()
+    choice = rs.select_runtime(runtime, available, supported, device)
+    logging.getLogger(__name__).info("%s backbone runtime: %s", name, choice.reason)
+
+    if choice.runtime in (rs.TORCH_CUDA, rs.TORCH_CPU):
+        from scale_field_ros.torch_runtime import TorchRunner
+
+        graph = build_graph(load_model(name, model_path, random_init=random_init, config=config))
+        runner = TorchRunner(graph, choice.device)
+        if choice.device == "cpu" and threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        return GraphBackbone(graph_meta(name, graph), runner)
+
+    from scale_field_ros.onnxruntime_runtime import read_graph_meta
+
+    onnx_path = (
+        Path(model_path)
+        if onnx_given
+        else cached_onnx(name, model_path, random_init=random_init, cache_dir=cache_dir, config=config)
+    )
+    meta = read_graph_meta(onnx_path)
+    if meta.backbone != name:
+        raise ValueError(f"{onnx_path} holds a {meta.backbone} graph, not {name}")
+    if choice.runtime == rs.TENSORRT:
+        from scale_field_ros.tensorrt_runtime import TensorRTRunner
+
+        return GraphBackbone(meta, TensorRTRunner(onnx_path, meta, precision=precision, cache_dir=cache_dir))
+    from scale_field_ros.onnxruntime_runtime import OnnxRuntimeRunner
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if choice.runtime == rs.ORT_CUDA else None
+    if choice.runtime == rs.ORT_CPU:
+        providers = ["CPUExecutionProvider"]
+    return GraphBackbone(meta, OnnxRuntimeRunner(onnx_path, providers=providers, threads=threads))

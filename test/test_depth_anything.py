@@ -94,3 +94,29 @@ def test_backbone_on_real_image(tiny_model):
     assert np.all(np.isfinite(out.relative)) and out.relative.min() >= 0
     h_in, w_in = network_input_size(*rgb.shape[:2], 518, 14)
     assert out.features["neck_fused_1"].shape == (16, 2 * h_in // 14, 2 * w_in // 14)
+
+
+def test_load_backbone_picks_runtime_and_caches_export(tmp_path, nyu):
+    """auto on this CPU machine: exported once to the cache, run by ONNX Runtime; torch on request."""
+    from scale_field_ros.runtime_select import RuntimeAvailability, RuntimeUnavailable
+
+    cpu = RuntimeAvailability(onnxruntime_providers=("CPUExecutionProvider",), torch=True)
+    # The published Small exports slowly on 2 shared cores; the reduced architecture takes the same code path.
+    reduced = depth_anything.reduced_config("depth_anything_v2_small")
+    kw = {"random_init": True, "cache_dir": tmp_path, "available": cpu, "config": reduced}
+    ort_backbone = depth_anything.load_backbone("depth_anything_v2_small", **kw)
+    assert ort_backbone.runtime == "onnxruntime-cpu"
+    exported = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    torch_backbone = depth_anything.load_backbone("depth_anything_v2_small", runtime="torch", **kw)
+    assert torch_backbone.runtime == "torch-cpu"
+    rgb = nyu.frame(0).rgb
+    a, b = ort_backbone.infer(rgb), torch_backbone.infer(rgb)
+    assert np.max(np.abs(a.relative - b.relative)) <= 1e-3 * np.max(np.abs(b.relative))
+    # Second load reuses the cached export; the .onnx itself runs only where ONNX runs.
+    again = depth_anything.load_backbone("depth_anything_v2_small", **kw)
+    assert list((tmp_path / "onnx").glob("*.onnx")) == exported and again.runtime == "onnxruntime-cpu"
+    with pytest.raises(RuntimeUnavailable, match="not supported"):
+        depth_anything.load_backbone("depth_anything_v2_small", exported[0], runtime="torch", available=cpu)
+    with pytest.raises(RuntimeUnavailable, match="tensorrt"):
+        depth_anything.load_backbone("depth_anything_v2_small", exported[0], runtime="tensorrt", available=cpu)
