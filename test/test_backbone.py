@@ -6,30 +6,18 @@ import numpy as np
 import pytest
 
 from scale_field_ros.backbone import BackboneOutput, DepthKind, ImageError, to_rgb8
-from scale_field_ros.datasets import load_dataset, shared_root
-
-NYU = shared_root() / "data" / "nyu"
-MODEL = shared_root() / "models" / "fastdepth_224.tflite"
-needs_shared = pytest.mark.skipif(
-    not (NYU.is_dir() and MODEL.is_file()),
-    reason=f"shared data not found at {shared_root()} (set SCALE_FIELD_SHARED)",
-)
 
 
 @pytest.fixture(scope="module")
-def rgb() -> np.ndarray:
-    if not NYU.is_dir():
-        pytest.skip(f"shared data not found at {shared_root()} (set SCALE_FIELD_SHARED)")
-    return load_dataset(NYU).frame(0).rgb
+def rgb(nyu) -> np.ndarray:
+    return nyu.frame(0).rgb
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    if not MODEL.is_file():
-        pytest.skip(f"model not found at {MODEL} (set SCALE_FIELD_SHARED)")
+def backbone(fastdepth_path):
     from scale_field_ros.backbones import load_backbone
 
-    return load_backbone(model_path=MODEL, runtime="torch", threads=1)
+    return load_backbone(model_path=fastdepth_path, runtime="torch", threads=1)
 
 
 def test_grey_image_becomes_three_equal_channels(rgb):
@@ -68,7 +56,6 @@ def test_bad_images_are_refused_with_a_reason(image, message):
         to_rgb8(image)
 
 
-@needs_shared
 @pytest.mark.parametrize("kind", ["grey", "rgba", "uint16", "odd_size"])
 def test_backbone_accepts_converted_images_at_their_resolution(backbone, rgb, kind):
     image = {
@@ -85,7 +72,6 @@ def test_backbone_accepts_converted_images_at_their_resolution(backbone, rgb, ki
     assert np.all(np.isfinite(out.relative)) and out.relative.min() >= 0.0
 
 
-@needs_shared
 @pytest.mark.parametrize(
     ("image", "message"),
     [

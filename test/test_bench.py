@@ -8,9 +8,6 @@ import json
 import pytest
 
 from scale_field_ros import bench
-from scale_field_ros.datasets import shared_root
-
-MODEL = shared_root() / "models" / "fastdepth_224.tflite"
 
 
 def test_measure_counts_and_orders_statistics():
@@ -22,14 +19,26 @@ def test_measure_counts_and_orders_statistics():
         bench.measure(lambda: None, repeats=0)
 
 
-@pytest.mark.skipif(not MODEL.is_file(), reason=f"model not found at {MODEL} (set SCALE_FIELD_SHARED)")
-def test_bench_writes_the_json_report(tmp_path, monkeypatch):
+def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
     monkeypatch.setenv("SCALE_FIELD_CACHE", str(tmp_path / "cache"))
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "bench.json"
     args = parser.parse_args(
-        ["--runtime", "onnxruntime", "--threads", "1", "--width", "320", "--height", "240", "--repeats", "2"]
+        [
+            "--model",
+            str(fastdepth_path),
+            "--runtime",
+            "onnxruntime",
+            "--threads",
+            "1",
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--repeats",
+            "2",
+        ]
         + ["--json", str(out)]
     )
     assert bench.run(args) == 0

@@ -11,14 +11,7 @@ import numpy as np
 import pytest
 
 from scale_field_ros.backbone import Backbone, DepthKind
-from scale_field_ros.datasets import load_dataset, shared_root
 
-NYU = shared_root() / "data" / "nyu"
-MODEL = shared_root() / "models" / "fastdepth_224.tflite"
-pytestmark = pytest.mark.skipif(
-    not (NYU.is_dir() and MODEL.is_file()),
-    reason=f"shared data/models not found at {shared_root()} (set SCALE_FIELD_SHARED)",
-)
 FEATURE_SHAPES = {
     "dec1": (200, 7, 7),
     "dec2": (256, 14, 14),
@@ -29,8 +22,8 @@ FEATURE_SHAPES = {
 
 
 @pytest.fixture(scope="module")
-def frames():
-    return list(load_dataset(NYU).frames())
+def frames(nyu):
+    return list(nyu.frames())
 
 
 @pytest.fixture(scope="module")
@@ -43,32 +36,32 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def torch_backbone():
+def torch_backbone(fastdepth_path):
     from scale_field_ros.backbones import load_backbone
 
-    return load_backbone(model_path=MODEL, runtime="torch", threads=1)
+    return load_backbone(model_path=fastdepth_path, runtime="torch", threads=1)
 
 
 @pytest.fixture(scope="module")
-def ort_backbone(cache):
+def ort_backbone(cache, fastdepth_path):
     from scale_field_ros.backbones import load_backbone
 
-    return load_backbone(model_path=MODEL, runtime="onnxruntime", threads=1)
+    return load_backbone(model_path=fastdepth_path, runtime="onnxruntime", threads=1)
 
 
 def _max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
 
 
-def test_float_network_reproduces_the_int8_graph(frames):
+def test_float_network_reproduces_the_int8_graph(frames, fastdepth_path):
     """Same 224x224 uint8 input into LiteRT (int8) and our dequantised float network."""
     interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
     import torch
 
     from scale_field_ros.tflite_weights import load_fastdepth
 
-    model, weights = load_fastdepth(MODEL)
-    interpreter = interpreter_mod.Interpreter(model_path=str(MODEL), num_threads=1)
+    model, weights = load_fastdepth(fastdepth_path)
+    interpreter = interpreter_mod.Interpreter(model_path=str(fastdepth_path), num_threads=1)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     assert weights.output_scale == pytest.approx(out["quantization"][0])
@@ -151,10 +144,10 @@ def _retarget_resize_to_bilinear(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "not_tflite", "other_graph", "bad_onnx"])
-def test_bad_model_files_raise_one_clear_error(tmp_path, case):
+def test_bad_model_files_raise_one_clear_error(tmp_path, case, fastdepth_path):
     from scale_field_ros.backbones import ModelFileError, load_backbone
 
-    data = MODEL.read_bytes()
+    data = fastdepth_path.read_bytes()
     path = tmp_path / ("model.onnx" if case == "bad_onnx" else "model.tflite")
     if case == "truncated":
         path.write_bytes(data[: len(data) // 2])
@@ -180,8 +173,8 @@ def test_bad_model_files_raise_one_clear_error(tmp_path, case):
         assert isinstance(info.value, ValueError)
 
 
-def test_default_model_path_points_at_shared_models():
+def test_default_model_path_points_at_shared_models(fastdepth_path):
     from scale_field_ros.backbones import default_model_path
 
-    assert default_model_path() == MODEL
+    assert default_model_path() == fastdepth_path
     assert os.path.getsize(default_model_path()) > 0
