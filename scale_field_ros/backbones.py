@@ -192,7 +192,10 @@ def _cached_onnx(model, sha256: str) -> Path:
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / "scale_field_ros"):
         target = folder / name
         if target.is_file():
-            return target
+            try:
+                return _check_onnx_file(target)
+            except ModelFileError:
+                pass  # damaged cache entry: export again over it
         try:
             return export_onnx(model, target, (INPUT_SIZE, INPUT_SIZE), [DEPTH_OUTPUT, *FEATURE_NAMES])
         except OSError:

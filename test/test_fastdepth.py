@@ -178,3 +178,13 @@ def test_default_model_path_points_at_shared_models(fastdepth_path):
 
     assert default_model_path() == fastdepth_path
     assert os.path.getsize(default_model_path()) > 0
+
+
+def test_damaged_onnx_cache_entry_is_rebuilt(frames, ort_backbone, cache, fastdepth_path):
+    from scale_field_ros.backbones import load_backbone
+
+    (exported,) = cache.glob("fastdepth-*.onnx")
+    exported.write_bytes(b"not an onnx file")
+    rebuilt = load_backbone(model_path=fastdepth_path, runtime="onnxruntime", threads=1)
+    rgb = frames[2].rgb
+    assert _max_rel_diff(ort_backbone.infer(rgb).relative, rebuilt.infer(rgb).relative) < 1e-6
