@@ -77,7 +77,7 @@ def load_backbone(
         runner = _TorchRunner(model, int(threads), device)
     else:
         runner = _OrtRunner(_cached_onnx(model, weights.sha256), int(threads), device)
-    return FastDepthBackbone(runner, runtime, path, input_scale=weights.input_scale)
+    return FastDepthBackbone(runner, runtime, path, weights.input_scale, weights.input_zero_point)
 
 
 class FastDepthBackbone:
@@ -85,7 +85,9 @@ class FastDepthBackbone:
 
     name = "fastdepth"
 
-    def __init__(self, runner, runtime: str, model_path: Path, input_scale: float = 1.0 / 255.0) -> None:
+    def __init__(
+        self, runner, runtime: str, model_path: Path, input_scale: float = 1.0 / 255.0, input_zero_point: int = 0
+    ) -> None:
         from .fastdepth import INPUT_SIZE
 
         self._runner = runner
@@ -93,17 +95,20 @@ class FastDepthBackbone:
         self.model_path = model_path
         self.input_size = INPUT_SIZE
         self.threads = runner.threads
+        # The int8 graph's input quantisation tells what float the network expects per uint8 pixel.
         self._input_scale = np.float32(input_scale)
+        self._input_zero_point = np.float32(input_zero_point)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB image -> 1x3xSxS float32 network input (whole image resized, pixel * input_scale)."""
+        """RGB image -> 1x3xSxS float32 network input (whole image resized, (pixel - zero_point) * scale)."""
         image = to_rgb8(rgb)
         h, w = image.shape[:2]
         s = self.input_size
         # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
         interp = cv2.INTER_AREA if h * w > s * s else cv2.INTER_LINEAR
         small = cv2.resize(image, (s, s), interpolation=interp)
-        return np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32) * self._input_scale
+        x = np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32)
+        return (x - self._input_zero_point) * self._input_scale
 
     def infer(self, rgb: np.ndarray) -> BackboneOutput:
         image = to_rgb8(rgb)

@@ -147,7 +147,7 @@ def read_fastdepth_weights(path: str | Path) -> FastDepthWeights:
 def _read(data: bytes, sha256: str) -> FastDepthWeights:
     import torch
 
-    from .fastdepth import INPUT_SIZE, FastDepth, conv_units
+    from .fastdepth import INPUT_SIZE, SKIP_FROM_BLOCK, FastDepth, conv_units
 
     g = _Graph(data)
     found = Counter(name for name, _ in g.ops)
@@ -206,11 +206,16 @@ def _read(data: bytes, sha256: str) -> FastDepthWeights:
             else np.zeros(conv.out_channels, np.float32)
         )
         _check(bias.shape == (conv.out_channels,), f"{prefix}: bias {bias.shape}")
+        if g.array(op.Inputs(1)).dtype == np.int8 and g.array(op.Inputs(2)).dtype == np.int32:
+            # An int8 conv accumulates in int32 at scale input_scale * weight_scale; the bias must share it.
+            expected_scale = g.quant(op.Inputs(0))[0][0] * g.quant(op.Inputs(1))[0]
+            _check(
+                np.allclose(g.quant(op.Inputs(2))[0], expected_scale, rtol=1e-3),
+                f"{prefix}: bias scale is not input_scale * weight_scale",
+            )
         state[f"{prefix}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(weight))
         state[f"{prefix}.conv.bias"] = torch.from_numpy(np.ascontiguousarray(bias))
         producer[op.Outputs(0)] = prefix
-
-    from .fastdepth import SKIP_FROM_BLOCK
 
     added = sorted(
         producer.get(op.Inputs(0)) or producer.get(op.Inputs(1)) or "?" for name, op in g.ops if name == "ADD"
