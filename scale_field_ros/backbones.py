@@ -52,7 +52,7 @@ def load_backbone(
 
     model_path: the network file (FastDepth: its .tflite, or an ONNX file exported from it for
         runtime "onnxruntime"); None uses `default_model_path()`.
-    runtime: "torch", "onnxruntime", or "auto" (ONNX Runtime on CPU, torch on other devices).
+    runtime: "torch", "onnxruntime", or "auto" (ONNX Runtime on CPU when installed, else torch).
     threads: intra-op threads for the runtime; 0 keeps the runtime's default.
     device: "cpu" or a torch device string such as "cuda" (torch runtime).
     Raises `ModelFileError` for a missing/truncated/foreign file, ValueError for unknown names.
@@ -65,7 +65,10 @@ def load_backbone(
         raise ValueError(f"threads must be >= 0 (0 = runtime default), got {threads}")
     path = Path(model_path) if model_path is not None else default_model_path()
     if runtime == "auto":
-        runtime = "onnxruntime" if device == "cpu" else "torch"
+        import importlib.util
+
+        has_ort = importlib.util.find_spec("onnxruntime") is not None
+        runtime = "onnxruntime" if device == "cpu" and has_ort else "torch"
     if path.suffix.lower() == ".onnx":
         if runtime != "onnxruntime":
             raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
