@@ -7,6 +7,7 @@ ONNX Runtime (runtime "onnxruntime", the CPU default).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,8 +16,13 @@ import cv2
 import numpy as np
 
 from .backbone import Backbone, BackboneOutput, DepthKind, to_rgb8
+from .depth_anything import VARIANTS as DEPTH_ANYTHING_VARIANTS
+from .runtime_select import ORT_CPU, REQUESTS, TORCH_CPU, TORCH_CUDA, device_class, probe_runtimes, select_runtime
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+LOG = logging.getLogger(__name__)
+
+RUNTIMES = REQUESTS
+BACKBONES = ("fastdepth", *DEPTH_ANYTHING_VARIANTS)
 # Bump when the network definition or export changes, so stale cached ONNX files are not reused.
 EXPORT_VERSION = 1
 
@@ -46,30 +52,44 @@ def load_backbone(
     model_path: str | Path | None = None,
     runtime: str = "auto",
     threads: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
+    **options,
 ) -> Backbone:
     """Build a backbone by name.
 
     model_path: the network file (FastDepth: its .tflite, or an ONNX file exported from it for
         runtime "onnxruntime"); None uses `default_model_path()`.
-    runtime: "torch", "onnxruntime", or "auto" (ONNX Runtime on CPU when installed, else torch).
+    runtime: "auto" (fastest available, see `runtime_select`; the choice and why are logged), a
+        family "torch" / "onnxruntime" / "tensorrt", or a concrete name such as "torch-cuda".
     threads: intra-op threads for the runtime; 0 keeps the runtime's default.
-    device: "cpu" or a torch device string such as "cuda" (torch runtime).
+    device: "auto", "cpu" or "cuda[:N]": restricts the runtime choice to that device.
+    options: Depth Anything only: random_init, precision ("fp16"/"fp32" TensorRT), cache_dir.
     Raises `ModelFileError` for a missing/truncated/foreign file, ValueError for unknown names.
+    Depth Anything names: model_path is a hub id, a local transformers folder or an exported .onnx.
     """
+    if name in DEPTH_ANYTHING_VARIANTS:
+        from . import depth_anything
+
+        return depth_anything.load_backbone(name, model_path, runtime, int(threads), device_class(device), **options)
     if name != "fastdepth":
-        raise ValueError(f"unknown backbone {name!r}; available: fastdepth")
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+    if options:
+        raise ValueError(f"options {sorted(options)} apply to Depth Anything backbones only")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if int(threads) < 0:
         raise ValueError(f"threads must be >= 0 (0 = runtime default), got {threads}")
     path = Path(model_path) if model_path is not None else default_model_path()
-    if runtime == "auto":
-        import importlib.util
-
-        has_ort = importlib.util.find_spec("onnxruntime") is not None
-        runtime = "onnxruntime" if device == "cpu" and has_ort else "torch"
-    if path.suffix.lower() == ".onnx":
+    is_onnx = path.suffix.lower() == ".onnx"
+    if is_onnx and runtime not in ("auto", "onnxruntime", ORT_CPU):
+        raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
+    # FastDepth runs in torch (CPU or CUDA) or, from its ONNX export, in ONNX Runtime on the CPU.
+    supported = (ORT_CPU,) if is_onnx else (TORCH_CUDA, ORT_CPU, TORCH_CPU)
+    choice = select_runtime(runtime, probe_runtimes(), supported, device_class(device))
+    LOG.info("fastdepth runtime: %s", choice.reason)
+    runtime = "onnxruntime" if choice.runtime == ORT_CPU else "torch"
+    device = "cpu" if choice.device == "cpu" else (device if str(device).startswith("cuda") else "cuda")
+    if is_onnx:
         if runtime != "onnxruntime":
             raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
         return FastDepthBackbone(_OrtRunner(_check_onnx_file(path), int(threads), device), runtime, path)

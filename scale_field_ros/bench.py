@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime_select import REQUESTS as RUNTIMES
+
 DEFAULT_REPEATS = 50
 WARMUP = 5
 
@@ -55,12 +57,17 @@ def measure(fn: Callable[[], object], repeats: int = DEFAULT_REPEATS, warmup: in
         start = time.perf_counter_ns()
         fn()
         samples[i] = (time.perf_counter_ns() - start) / 1e6
+    return latency_stats(samples)
+
+
+def latency_stats(samples_ms) -> LatencyStats:
+    samples = np.asarray(samples_ms, np.float64)
     return LatencyStats(
         median=float(np.median(samples)),
         p95=float(np.percentile(samples, 95)),
         mean=float(samples.mean()),
         min=float(samples.min()),
-        repeats=repeats,
+        repeats=int(samples.size),
     )
 
 
@@ -80,14 +87,32 @@ def bench_backbone(ctx: BenchContext) -> dict[str, LatencyStats]:
 
     stages = {"backbone": measure(lambda: ctx.backbone.infer(ctx.rgb), ctx.repeats)}
     side = getattr(ctx.backbone, "input_size", None)
-    if side:
+    if isinstance(side, int):
         native = cv2.resize(ctx.rgb, (side, side), interpolation=cv2.INTER_AREA)
         stages["backbone_native"] = measure(lambda: ctx.backbone.infer(native), ctx.repeats)
     return stages
 
 
+def bench_backbone_split(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """Pre-process / network / post-process split of `infer` for backbones that time their stages.
+
+    GraphBackbone (Depth Anything on torch, ONNX Runtime or TensorRT) synchronises the device at each
+    stage border, so on a GPU "backbone_network" is the engine's own latency.
+    """
+    if not hasattr(ctx.backbone, "last_times"):
+        return {}
+    for _ in range(WARMUP):
+        ctx.backbone.infer(ctx.rgb)
+    parts: dict[str, list[float]] = {"preprocess": [], "network": [], "postprocess": []}
+    for _ in range(ctx.repeats):
+        ctx.backbone.infer(ctx.rgb)
+        for part, samples in parts.items():
+            samples.append(getattr(ctx.backbone.last_times, part))
+    return {f"backbone_{part}": latency_stats(samples) for part, samples in parts.items()}
+
+
 # Further stages (scale field, end to end) append their benchmark functions here.
-STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [bench_backbone]
+STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [bench_backbone, bench_backbone_split]
 
 
 def bench_input(width: int, height: int) -> tuple[np.ndarray, object | None, str]:
@@ -120,11 +145,25 @@ def cpu_description() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_description() -> str | None:
+    """CUDA device name and compute capability as torch sees them, None without CUDA."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{torch.cuda.get_device_name(0)} (sm_{major}{minor})"
+
+
 def software_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for dist in ("numpy", "torch", "onnxruntime", "opencv-python-headless"):
+    for dist in ("numpy", "torch", "onnxruntime", "opencv-python-headless", "transformers", "tensorrt"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -143,6 +182,7 @@ def build_report(stages: dict[str, LatencyStats], **info) -> dict:
             "cpu_count": os.cpu_count(),
             "cpus_usable": affinity,
             "platform": platform.platform(),
+            "gpu": gpu_description(),
         },
         "versions": software_versions(),
     }
@@ -151,8 +191,10 @@ def build_report(stages: dict[str, LatencyStats], **info) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="fastdepth", help="backbone name (default fastdepth)")
     parser.add_argument("--model", default=None, help="model file (default shared/models/fastdepth_224.tflite)")
-    parser.add_argument("--runtime", default="auto", choices=("auto", "onnxruntime", "torch"))
-    parser.add_argument("--device", default="cpu", help="cpu, or a torch device such as cuda")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto picks the fastest available")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--random-init", action="store_true", help="Depth Anything: random weights (timing only)")
+    parser.add_argument("--fp32", action="store_true", help="TensorRT: FP32 engine instead of FP16")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = runtime default)")
     parser.add_argument("--width", type=int, default=640, help="input image width (default 640)")
     parser.add_argument("--height", type=int, default=480, help="input image height (default 480)")
@@ -170,7 +212,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} {value} is outside {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    backbone = load_backbone(args.backbone, args.model, args.runtime, args.threads, args.device)
+    options = {}
+    if args.random_init:
+        options["random_init"] = True
+    if args.fp32:
+        options["precision"] = "fp32"
+    backbone = load_backbone(args.backbone, args.model, args.runtime, args.threads, args.device, **options)
     rgb, frame, source = bench_input(args.width, args.height)
     ctx = BenchContext(backbone=backbone, rgb=rgb, frame=frame, repeats=args.repeats)
     stages: dict[str, LatencyStats] = {}

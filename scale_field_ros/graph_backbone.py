@@ -159,7 +159,7 @@ class GraphBackbone:
         self.name = self.name or self.meta.backbone
         self.runtime = self.runtime or self.runner.name
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
+    def network_input_hw(self, height: int, width: int) -> tuple[int, int]:
         fixed = self.runner.fixed_hw or self.meta.fixed_hw
         if fixed is None:
             return network_input_size(height, width, self.meta.short_side, self.meta.multiple)
@@ -187,7 +187,7 @@ class GraphBackbone:
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            image = preprocess(rgb8, self.input_size(height, width), self.meta, device)
+            image = preprocess(rgb8, self.network_input_hw(height, width), self.meta, device)
             sync()
             t1 = time.perf_counter()
             outputs = self.runner.run(image)

@@ -22,6 +22,7 @@ TORCH_CPU = "torch-cpu"
 TFLITE = "tflite"
 AUTO_ORDER = (TENSORRT, TORCH_CUDA, ORT_CUDA, ORT_CPU, TORCH_CPU, TFLITE)
 FAMILIES = {"torch": (TORCH_CUDA, TORCH_CPU), "onnxruntime": (ORT_CUDA, ORT_CPU), TENSORRT: (TENSORRT,)}
+REQUESTS = ("auto", *FAMILIES, *AUTO_ORDER)  # what `runtime:` accepts
 DEVICES = ("auto", "cuda", "cpu")
 GPU_RUNTIMES = frozenset({TENSORRT, TORCH_CUDA, ORT_CUDA})
 
@@ -73,6 +74,16 @@ class RuntimeChoice:
         return iter((self.runtime, self.reason))
 
 
+def device_class(device: str) -> str:
+    """ "auto", "cpu" or "cuda" for a device string ("cuda:1" -> "cuda"); ValueError otherwise."""
+    d = str(device)
+    if d in DEVICES:
+        return d
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda"
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
 def select_runtime(
     requested: str,
     available: RuntimeAvailability,
@@ -86,8 +97,7 @@ def select_runtime(
     device: "auto", or "cuda"/"cpu" to restrict the choice.
     An explicit request that cannot be met raises `RuntimeUnavailable` naming the reason.
     """
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    device = device_class(device)
     if requested == "auto":
         candidates = AUTO_ORDER
     elif requested in FAMILIES:

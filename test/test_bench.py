@@ -57,3 +57,19 @@ def test_bench_refuses_bad_sizes():
     bench.add_arguments(parser)
     with pytest.raises(ValueError, match="--width"):
         bench.run(parser.parse_args(["--width", "4"]))
+
+
+def test_stage_split_for_graph_backbones(nyu):
+    """Depth Anything's pre/network/post split is reported per stage; FastDepth-like backbones add nothing."""
+    from scale_field_ros import depth_anything, export
+    from scale_field_ros.graph_backbone import GraphBackbone
+    from scale_field_ros.torch_runtime import TorchRunner
+
+    config = depth_anything.reduced_config("depth_anything_v2_small")
+    module, meta = export.build_graph("depth_anything_v2_small", random_init=True, config=config)
+    backbone = GraphBackbone(meta, TorchRunner(module))
+    ctx = bench.BenchContext(backbone=backbone, rgb=nyu.frame(0).rgb[::2, ::2], frame=None, repeats=2)
+    stages = bench.bench_backbone_split(ctx)
+    assert set(stages) == {"backbone_preprocess", "backbone_network", "backbone_postprocess"}
+    assert all(s.repeats == 2 and s.min > 0 for s in stages.values())
+    assert bench.bench_backbone_split(bench.BenchContext(object(), ctx.rgb, None, 2)) == {}

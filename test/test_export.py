@@ -71,7 +71,7 @@ def test_onnxruntime_matches_torch_on_real_images(tiny_graph, dynamic_onnx):
     for rgb in _real_images():
         ort_backbone = GraphBackbone(meta, ort_runner)
         torch_backbone = GraphBackbone(meta, torch_runner)
-        image = preprocess(rgb, ort_backbone.input_size(*rgb.shape[:2]), meta, torch.device("cpu"))
+        image = preprocess(rgb, ort_backbone.network_input_hw(*rgb.shape[:2]), meta, torch.device("cpu"))
         ours = ort_runner.run(image)
         ref = torch_runner.run(image)
         for name, a, b in zip(meta.output_names, ours, ref, strict=True):
