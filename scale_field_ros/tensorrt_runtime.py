@@ -144,8 +144,10 @@ def build_engine(
         if cache is None or not config.set_timing_cache(cache, False):
             LOG.warning("timing cache %s unusable; starting an empty one", timing_cache)
             config.set_timing_cache(config.create_timing_cache(b""), False)
+    # Held in a local until the build returns: the binding may not keep the python object alive.
+    monitor = _progress_monitor(trt)
     try:
-        config.progress_monitor = _progress_monitor(trt)
+        config.progress_monitor = monitor
     except (AttributeError, TypeError):  # older 10.x bindings without progress monitors
         LOG.info("TensorRT build progress is not reported by this TensorRT version")
     LOG.info("building TensorRT %s %s engine for %s at %s; the first build can take minutes",
@@ -155,6 +157,7 @@ def build_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT engine build failed for {onnx_path}; see the TensorRT log above")
     LOG.info("TensorRT engine built in %.0f s", time.perf_counter() - t0)
+    del monitor
     if timing_cache is not None:
         _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
