@@ -15,7 +15,7 @@ import numpy as np
 
 from .anchors import Anchors
 from .bases import BasisSet, sample_maps
-from .residual_grid import LocalGrid, slice_local
+from .residual_grid import LocalCorrection
 from .solver import Design, Prior
 
 
@@ -87,7 +87,7 @@ def compose(
     covariance: np.ndarray,
     min_depth_m: float,
     max_depth_m: float,
-    local: LocalGrid | None = None,
+    local: LocalCorrection | None = None,
     misfit_log_var: float = 0.0,
 ) -> FieldEstimate:
     """Metric depth, per-pixel std and scale field at full resolution (never NaN)."""
@@ -98,9 +98,8 @@ def compose(
     log_corr_work = None
     var_log_work = np.full(bases.work_shape, misfit_log_var, np.float32)
     if local is not None:
-        log_corr_work, density = slice_local(local, np.log(bases.inv_rel_work))
-        shrink = local.prior_count / (density + local.prior_count)
-        var_log_work = (local.residual_var * shrink).astype(np.float32)
+        log_corr_work = local.log_ratio
+        var_log_work = local.variance()
     s_full = _upsample(s_work, (h, w))
     inv = s_full * bases.inv_rel + np.float32(wk[k])
     if log_corr_work is not None:

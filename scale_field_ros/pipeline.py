@@ -15,9 +15,9 @@ import numpy as np
 
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
-from .bases import BasisConfig, build_bases, sample_maps
+from .bases import BasisConfig, build_bases
 from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around
-from .residual_grid import LocalConfig, fit_local
+from .residual_grid import LocalConfig, local_correction, neighbour_consistent
 from .solver import FitLevel, FitResult, SolverConfig, solve
 
 try:  # the temporal filter lands from another branch; without it frames are independent
@@ -195,30 +195,26 @@ class Pipeline:
         )
 
     def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors):
-        keep = fit.inliers
-        fitted = design.matrix[keep] @ fit.weights
-        ok = fitted > 0
+        fitted = design.matrix @ fit.weights
+        ok = (fitted > 0) & np.isfinite(design.target)
         if ok.sum() < self.config.local.min_anchors:
             return None
-        a = anchors.subset(np.flatnonzero(keep)[ok])
-        log_ratio = np.log(design.target[keep][ok] / fitted[ok])
+        log_ratio_all = np.log(design.target[ok] / fitted[ok])
+        a = anchors.subset(np.flatnonzero(ok))
+        # outliers for the local term: anchors that disagree with their neighbours (misfit of the global field
+        # is spatially coherent, a wrong anchor is not)
+        keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log)
+        if keep.sum() < self.config.local.min_anchors:
+            return None
+        a = a.subset(np.flatnonzero(keep))
+        log_ratio = log_ratio_all[keep]
         fh, fw = bases.full_shape
         h, w = bases.work_shape
         xw = (a.u.astype(np.float64) + 0.5) * (w / fw) - 0.5
         yw = (a.v.astype(np.float64) + 0.5) * (h / fh) - 0.5
-        log_g_a = np.log(sample_maps(bases.inv_rel_work[None], a.u, a.v, bases.full_shape)[:, 0])
-        log_work = np.log(bases.inv_rel_work)
         hull = _hull_fraction(xw, yw, (h, w))
-        return fit_local(
-            xw,
-            yw,
-            log_g_a,
-            log_ratio,
-            a.weight.astype(np.float64),
-            (h, w),
-            (float(log_work.min()), float(log_work.max())),
-            self.config.local,
-            hull,
+        return local_correction(
+            xw, yw, log_ratio, a.weight.astype(np.float64), np.log(bases.inv_rel_work), self.config.local, hull
         )
 
 
