@@ -235,3 +235,54 @@ def _hull_fraction(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> floa
     if len(x) < 2:
         return 1.0
     return float(max((np.ptp(x) + 1) * (np.ptp(y) + 1) / (h * w), 1e-3))
+
+
+def benchmark_scale_field(
+    out: BackboneOutput | None = None,
+    n_anchors: int = 1000,
+    repeats: int = 30,
+    config: PipelineConfig | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median milliseconds of the scale-field stage (bases, solve, compose, uncertainty) for one frame.
+
+    Without `out`, uses a 640x480 NYU frame's ground truth blurred into a relative map with features taken
+    from its image, so it needs only shared/data. Returns per-stage medians and `scale_field` (their sum).
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    if out is None:
+        from .backbone import DepthKind
+        from .datasets import load_dataset, shared_root
+
+        frame = load_dataset(shared_root() / "data" / "nyu").frame(0)
+        gt = frame.depth_m
+        rel = cv2.GaussianBlur(np.where(gt > 0, gt, np.median(gt[gt > 0])), (0, 0), 6).astype(np.float32)
+        feats = cv2.resize(frame.rgb, (56, 56), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        feats = np.concatenate([feats, np.stack([cv2.resize(rel, (56, 56))] * 5, -1)], axis=-1)
+        out = BackboneOutput(rel, DepthKind.DEPTH, True, {"bench": np.ascontiguousarray(feats.transpose(2, 0, 1))})
+        truth = gt
+    else:
+        truth = np.where(np.isfinite(out.relative), out.relative, 0)
+    h, w = out.shape
+    flat = np.flatnonzero(truth.ravel() > 0)
+    pick = rng.choice(flat, size=min(n_anchors, flat.size), replace=False)
+    rows, cols = np.divmod(pick, w)
+    anchors = Anchors.from_arrays(cols, rows, truth.ravel()[pick] * rng.uniform(0.9, 1.1, len(pick)))
+    pipe = Pipeline(None, config or PipelineConfig(max_depth_m=10.0))
+    samples = []
+    for _ in range(repeats + 2):
+        r = pipe.process_output(out, anchors)
+        samples.append((r.timings_ms.bases, r.timings_ms.solve, r.timings_ms.compose))
+    arr = np.array(samples[2:])
+    med = np.median(arr, axis=0)
+    return {
+        "bases": float(med[0]),
+        "solve": float(med[1]),
+        "compose": float(med[2]),
+        "scale_field": float(np.median(arr.sum(axis=1))),
+        "n_anchors": float(len(anchors)),
+        "width": float(w),
+        "height": float(h),
+    }
