@@ -13,6 +13,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("scale_field_ros.bench", "per-stage latency benchmark, written as JSON"),
+    "eval": ("scale_field_ros.evaluate", "accuracy of the scale field against the baselines, written as JSON"),
     "demo": ("scale_field_ros.demo", "the main job: metric depth for a sample of shared/data"),
     "export": ("scale_field_ros.export", "export backbone + basis features as one ONNX graph"),
     "build-engine": ("scale_field_ros.build_engine", "build (and cache) the TensorRT engine of an exported ONNX"),

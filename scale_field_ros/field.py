@@ -1,0 +1,128 @@
+"""The scale-field model, forward at anchors (design) and at every pixel (compose).
+
+In inverse depth:  inv_depth_m(x) = S(x) * g(x) + c,   S(x) = sum_k w_k B_k(x)
+with g the relative inverse depth normalised to median 1, B_k the bases (B_1 = 1) and c a global shift.
+The weight vector (w_1..w_K, c) is the solver's and the temporal filter's state. An optional local
+correction (residual_grid) multiplies the result: inv_depth_m *= exp(R(x)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .anchors import Anchors
+from .bases import BasisSet, sample_maps
+from .residual_grid import LocalCorrection
+from .solver import Design, Prior
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    scale_rel_std: float = 3.0  # loose: the global scale/shift prior before any anchor (relative to the scale)
+    basis_rel_std: float = 0.3  # std of a non-constant basis weight, relative to the global scale
+    shift_rel_std: float = 3.0
+
+
+@dataclass(frozen=True)
+class FieldEstimate:
+    depth_m: np.ndarray  # H x W float32, clamped
+    std_m: np.ndarray  # H x W float32
+    scale_field: np.ndarray  # H x W float32: metric inverse depth / normalised relative inverse depth
+    inv_depth: np.ndarray  # H x W float32, 1/m
+
+
+def n_weights(bases: BasisSet) -> int:
+    return bases.k + 1  # bases, then the shift
+
+
+def anchor_design(bases: BasisSet, anchors: Anchors, noise_rel: float) -> Design:
+    """Rows of the model at the anchors: target 1/depth, sigma = noise_rel * target / sqrt(weight)."""
+    h, w = bases.full_shape
+    col = np.clip(np.round(anchors.u).astype(np.int64), 0, w - 1)
+    row = np.clip(np.round(anchors.v).astype(np.int64), 0, h - 1)
+    g = bases.inv_rel[row, col].astype(np.float64)
+    b = sample_maps(bases.maps, anchors.u, anchors.v, bases.full_shape)
+    matrix = np.concatenate([b * g[:, None], np.ones((len(g), 1))], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        target = 1.0 / anchors.depth_m.astype(np.float64)
+        sigma = noise_rel * target / np.sqrt(anchors.weight.astype(np.float64))
+    return Design(matrix, target, sigma, scale_index=0, shift_index=bases.k)
+
+
+def loose_prior(bases: BasisSet, config: PriorConfig) -> Prior:
+    """Before any anchor: the backbone's own inverse depth (scale = its median, shift 0), loosely held."""
+    k = n_weights(bases)
+    s = bases.scale_inv_rel
+    mean = np.zeros(k)
+    mean[0] = s
+    std = np.full(k, config.basis_rel_std * s)
+    std[0] = config.scale_rel_std * s
+    std[-1] = config.shift_rel_std * s
+    return Prior.diagonal(mean, std)
+
+
+def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfig) -> Prior:
+    """Identity correction over a global alignment (scale, shift): the per-frame prior of the field."""
+    k = n_weights(bases)
+    s = abs(scale) if np.isfinite(scale) and scale != 0 else bases.scale_inv_rel
+    mean = np.zeros(k)
+    mean[0] = scale
+    mean[-1] = shift
+    std = np.full(k, config.basis_rel_std * s)
+    std[0] = config.scale_rel_std * s
+    std[-1] = config.shift_rel_std * s
+    return Prior.diagonal(mean, std)
+
+
+def anchor_fitted(design: Design, weights: np.ndarray) -> np.ndarray:
+    return design.matrix @ weights
+
+
+def compose(
+    bases: BasisSet,
+    weights: np.ndarray,
+    covariance: np.ndarray,
+    min_depth_m: float,
+    max_depth_m: float,
+    local: LocalCorrection | None = None,
+    misfit_log_var: float = 0.0,
+) -> FieldEstimate:
+    """Metric depth, per-pixel std and scale field at full resolution (never NaN)."""
+    h, w = bases.full_shape
+    k = bases.k
+    wk = np.nan_to_num(np.asarray(weights, np.float64))
+    s_work = np.tensordot(wk[:k].astype(np.float32), bases.maps, axes=1)
+    log_corr_work = None
+    var_log_work = np.full(bases.work_shape, misfit_log_var, np.float32)
+    if local is not None:
+        log_corr_work = local.log_ratio
+        var_log_work = local.variance()
+    s_full = _upsample(s_work, (h, w))
+    inv = s_full * bases.inv_rel + np.float32(wk[k])
+    if log_corr_work is not None:
+        inv *= np.exp(_upsample(log_corr_work, (h, w)))
+    inv = np.nan_to_num(inv, nan=1.0 / max_depth_m, posinf=1.0 / min_depth_m, neginf=1.0 / max_depth_m)
+    np.clip(inv, 1.0 / max_depth_m, 1.0 / min_depth_m, out=inv)
+    depth = (1.0 / inv).astype(np.float32)
+    # uncertainty: posterior covariance of the weights propagated at working resolution, plus misfit
+    m = np.concatenate(
+        [bases.maps.reshape(k, -1) * bases.inv_rel_work.reshape(1, -1), np.ones((1, bases.maps[0].size), np.float32)]
+    ).astype(np.float64)
+    cov = np.nan_to_num(np.asarray(covariance, np.float64))
+    var_inv = np.einsum("kp,kp->p", cov @ m, m).reshape(bases.work_shape)
+    inv_work = np.maximum(np.abs(s_work * bases.inv_rel_work + wk[k]), 1.0 / max_depth_m)
+    var_log = np.maximum(var_inv, 0.0) / inv_work**2 + var_log_work
+    std_rel = _upsample(np.sqrt(var_log).astype(np.float32), (h, w))
+    std_m = np.nan_to_num(depth * std_rel, nan=max_depth_m, posinf=max_depth_m).astype(np.float32)
+    scale_field = (inv / np.maximum(bases.inv_rel, 1e-6)).astype(np.float32)
+    return FieldEstimate(depth, std_m, scale_field, inv.astype(np.float32))
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    if a.shape == (h, w):
+        return a.astype(np.float32)
+    return cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,89 @@
+"""Depth accuracy metrics in the conventions of the monocular depth literature (Eigen; ZoeDepth caps)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .anchors import Anchors
+
+
+@dataclass(frozen=True)
+class DepthMetrics:
+    """Errors of a metric depth map against ground truth over the evaluated pixels.
+
+    absrel, sqrel, rmse (m), rmse_log, log10, silog (x100, as in ZoeDepth), delta1-3 (fraction of pixels
+    with max(pred/gt, gt/pred) below 1.25^k), mae (m), irmse (1/km, as in KITTI), n_pixels evaluated.
+    """
+
+    absrel: float
+    sqrel: float
+    rmse: float
+    rmse_log: float
+    log10: float
+    silog: float
+    delta1: float
+    delta2: float
+    delta3: float
+    mae: float
+    irmse: float
+    n_pixels: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        return tuple(DepthMetrics.__dataclass_fields__)
+
+
+def evaluation_mask(
+    gt_depth_m: np.ndarray,
+    min_depth_m: float,
+    max_depth_m: float,
+    exclude: Anchors | None = None,
+) -> np.ndarray:
+    """Pixels with finite ground truth inside [min_depth_m, max_depth_m], minus the pixels used as anchors.
+
+    Anchor pixels are excluded because a method that copies its anchors would otherwise be rewarded.
+    """
+    gt = np.asarray(gt_depth_m)
+    mask = np.isfinite(gt) & (gt > min_depth_m) & (gt <= max_depth_m)
+    if exclude is not None and len(exclude):
+        h, w = gt.shape
+        col = np.clip(np.round(exclude.u).astype(np.int64), 0, w - 1)
+        row = np.clip(np.round(exclude.v).astype(np.int64), 0, h - 1)
+        mask[row, col] = False
+    return mask
+
+
+def compute_metrics(pred_depth_m: np.ndarray, gt_depth_m: np.ndarray, mask: np.ndarray) -> DepthMetrics:
+    """Metrics over `mask`. Predictions are floored at 1 mm so that logs stay finite; an empty mask gives NaNs."""
+    if pred_depth_m.shape != gt_depth_m.shape or mask.shape != gt_depth_m.shape:
+        raise ValueError(f"shapes differ: pred {pred_depth_m.shape}, gt {gt_depth_m.shape}, mask {mask.shape}")
+    gt = gt_depth_m[mask].astype(np.float64)
+    pred = pred_depth_m[mask].astype(np.float64)
+    n = int(gt.size)
+    if n == 0:
+        nan = float("nan")
+        return DepthMetrics(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0)
+    pred = np.where(np.isfinite(pred), np.maximum(pred, 1e-3), 1e-3)
+    diff = pred - gt
+    log_diff = np.log(pred) - np.log(gt)
+    ratio = np.maximum(pred / gt, gt / pred)
+    silog = np.sqrt(max(np.mean(log_diff**2) - np.mean(log_diff) ** 2, 0.0)) * 100.0
+    return DepthMetrics(
+        absrel=float(np.mean(np.abs(diff) / gt)),
+        sqrel=float(np.mean(diff**2 / gt)),
+        rmse=float(np.sqrt(np.mean(diff**2))),
+        rmse_log=float(np.sqrt(np.mean(log_diff**2))),
+        log10=float(np.mean(np.abs(np.log10(pred) - np.log10(gt)))),
+        silog=float(silog),
+        delta1=float(np.mean(ratio < 1.25)),
+        delta2=float(np.mean(ratio < 1.25**2)),
+        delta3=float(np.mean(ratio < 1.25**3)),
+        mae=float(np.mean(np.abs(diff))),
+        irmse=float(np.sqrt(np.mean((1000.0 / pred - 1000.0 / gt) ** 2))),
+        n_pixels=n,
+    )

@@ -1,0 +1,256 @@
+"""Edge-aware local correction: anchors' log residual ratios smoothed on a bilateral grid.
+
+The global field has few degrees of freedom; with dense anchors the remaining error is local. We splat
+each inlier anchor's log ratio log(target / fitted) into a 3-D grid over (x, y, log relative inverse
+depth), blur the grid a little and slice it back at every pixel. Because one grid axis is depth, a
+correction measured on a foreground object does not leak onto the background behind it (the edge-aware
+part), and where no anchor is near the correction decays to zero (the global field alone). The grid's
+spatial cell follows the anchors' spacing, so more anchors give a finer correction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    enabled: bool = True
+    min_anchors: int = 20
+    cell_factor: float = 1.0  # spatial cell = factor * mean anchor spacing (working-res pixels)
+    min_cell_px: float = 2.0
+    log_depth_cell: float = 0.15  # grid step along log relative inverse depth
+    blur_passes: int = 1
+    prior_count: float = 0.3  # pseudo-anchors of zero correction: shrinks sparse, isolated corrections
+    max_abs_log: float = 1.0
+    outlier_log: float = 0.3  # |log ratio - neighbours median| beyond this (and 4 MADs) marks an outlier
+    neighbours: int = 6
+    method: str = "delaunay"  # "delaunay" (linear on triangles), "pushpull" or "grid" (bilateral smoothing)
+
+
+@dataclass(frozen=True)
+class LocalCorrection:
+    """Per-pixel log correction at working resolution, with the anchor density behind it."""
+
+    log_ratio: np.ndarray  # h x w float32
+    density: np.ndarray  # h x w, anchors (weight) per working-res pixel neighbourhood
+    residual_var: float  # mean squared inlier log residual before the correction (model misfit)
+    prior_count: float
+
+    def variance(self) -> np.ndarray:
+        """Remaining log-depth variance: the misfit where no anchor is near, shrinking with density."""
+        return (self.residual_var * self.prior_count / (self.density + self.prior_count)).astype(np.float32)
+
+
+def local_correction(
+    x_work: np.ndarray,
+    y_work: np.ndarray,
+    log_ratio: np.ndarray,
+    weight: np.ndarray,
+    log_g_work: np.ndarray,
+    config: LocalConfig,
+    hull_fraction: float = 1.0,
+) -> LocalCorrection:
+    """The local correction field from the anchors' log residual ratios."""
+    h, w = log_g_work.shape
+    value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
+    resid_var = float(np.average(value**2, weights=weight)) if weight.sum() > 0 else 0.0
+    pc = max(config.prior_count, 1e-3)
+    if config.method == "grid":
+        lo, hi = float(log_g_work.min()), float(log_g_work.max())
+        yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
+        xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
+        grid = fit_local(x_work, y_work, log_g_work[yi, xi], value, weight, (h, w), (lo, hi), config, hull_fraction)
+        corr, density = slice_local(grid, log_g_work)
+    elif config.method == "delaunay":
+        corr = linear_interpolation(x_work, y_work, value, (h, w))
+        _, density = push_pull(x_work, y_work, value, weight, (h, w))
+        density = cv2.blur(density, (5, 5)) * 25.0
+    else:
+        corr, density = push_pull(x_work, y_work, value, weight, (h, w), config.prior_count)
+        density = cv2.blur(density, (5, 5)) * 25.0
+    return LocalCorrection(corr, density.astype(np.float32), resid_var, pc)
+
+
+@dataclass(frozen=True)
+class LocalGrid:
+    """Blurred splat of anchor log residuals: value = num / (den + prior_count)."""
+
+    num: np.ndarray  # gy x gx x gd
+    den: np.ndarray
+    cell_px: float  # spatial cell, working-res pixels
+    log_origin: float
+    log_cell: float
+    prior_count: float
+    residual_var: float  # mean squared inlier log residual before the correction (model misfit)
+
+
+def cell_size(n_anchors: int, work_shape: tuple[int, int], hull_fraction: float, config: LocalConfig) -> float:
+    h, w = work_shape
+    spacing = np.sqrt(max(hull_fraction, 1e-3) * h * w / max(n_anchors, 1))
+    return float(max(config.min_cell_px, config.cell_factor * spacing))
+
+
+def fit_local(
+    x_work: np.ndarray,
+    y_work: np.ndarray,
+    log_g: np.ndarray,
+    log_ratio: np.ndarray,
+    weight: np.ndarray,
+    work_shape: tuple[int, int],
+    log_range: tuple[float, float],
+    config: LocalConfig,
+    hull_fraction: float = 1.0,
+) -> LocalGrid:
+    h, w = work_shape
+    cell = cell_size(len(log_ratio), work_shape, hull_fraction, config)
+    lo, hi = log_range
+    gx = int(np.ceil((w - 1) / cell)) + 2
+    gy = int(np.ceil((h - 1) / cell)) + 2
+    gd = int(np.ceil((hi - lo) / config.log_depth_cell)) + 2
+    value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
+    idx, wts = _trilinear(
+        x_work / cell, y_work / cell, (np.clip(log_g, lo, hi) - lo) / config.log_depth_cell, (gy, gx, gd)
+    )
+    size = gy * gx * gd
+    den = np.zeros(size)
+    num = np.zeros(size)
+    for c in range(8):
+        den += np.bincount(idx[c], wts[c] * weight, minlength=size)
+        num += np.bincount(idx[c], wts[c] * weight * value, minlength=size)
+    den = _blur(den.reshape(gy, gx, gd), config.blur_passes)
+    num = _blur(num.reshape(gy, gx, gd), config.blur_passes)
+    resid_var = float(np.average(value**2, weights=weight)) if weight.sum() > 0 else 0.0
+    return LocalGrid(num, den, cell, lo, config.log_depth_cell, config.prior_count, resid_var)
+
+
+def slice_local(grid: LocalGrid, log_g_work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Correction (log ratio) and anchor density at every working-res pixel."""
+    h, w = log_g_work.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = (
+        np.clip(log_g_work, grid.log_origin, grid.log_origin + (grid.num.shape[2] - 2) * grid.log_cell)
+        - grid.log_origin
+    ) / grid.log_cell
+    idx, wts = _trilinear(xx.ravel() / grid.cell_px, yy.ravel() / grid.cell_px, d.ravel(), grid.num.shape)
+    num_flat, den_flat = grid.num.ravel(), grid.den.ravel()
+    num = np.zeros(h * w, np.float32)
+    den = np.zeros(h * w, np.float32)
+    for c in range(8):
+        num += wts[c] * num_flat[idx[c]]
+        den += wts[c] * den_flat[idx[c]]
+    corr = num / (den + grid.prior_count)
+    return corr.reshape(h, w).astype(np.float32), den.reshape(h, w)
+
+
+def _trilinear(x: np.ndarray, y: np.ndarray, d: np.ndarray, shape: tuple[int, int, int]):
+    gy, gx, gd = shape
+    x = np.clip(x, 0, gx - 1.001)
+    y = np.clip(y, 0, gy - 1.001)
+    d = np.clip(d, 0, gd - 1.001)
+    x0, y0, d0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64), np.floor(d).astype(np.int64)
+    fx, fy, fd = (x - x0).astype(np.float32), (y - y0).astype(np.float32), (d - d0).astype(np.float32)
+    idx, wts = [], []
+    for cy in (0, 1):
+        wy = fy if cy else 1 - fy
+        for cx in (0, 1):
+            wxy = wy * (fx if cx else 1 - fx)
+            base = ((y0 + cy) * gx + (x0 + cx)) * gd + d0
+            idx.append(base)
+            wts.append(wxy * (1 - fd))
+            idx.append(base + 1)
+            wts.append(wxy * fd)
+    return idx, wts
+
+
+def _blur(a: np.ndarray, passes: int) -> np.ndarray:
+    """[1 2 1] / 4 along every axis, `passes` times (edges replicated)."""
+    for _ in range(passes):
+        for axis in range(3):
+            if a.shape[axis] < 3:
+                continue
+            p = np.pad(a, [(1, 1) if i == axis else (0, 0) for i in range(3)], mode="edge")
+            sl = [slice(None)] * 3
+            sl[axis] = slice(0, -2)
+            left = p[tuple(sl)]
+            sl[axis] = slice(1, -1)
+            mid = p[tuple(sl)]
+            sl[axis] = slice(2, None)
+            right = p[tuple(sl)]
+            a = 0.25 * left + 0.5 * mid + 0.25 * right
+    return a
+
+
+def push_pull(
+    x_work: np.ndarray,
+    y_work: np.ndarray,
+    value: np.ndarray,
+    weight: np.ndarray,
+    work_shape: tuple[int, int],
+    prior_count: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scattered-data interpolation by push-pull (Gortler et al.'s lumigraph hole filling): splat, build a
+    sum pyramid, then fill each level from the coarser one where it has less than one sample's weight.
+    Returns (interpolated value, sample density) at working resolution."""
+    h, w = work_shape
+    xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
+    yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
+    flat = yi * w + xi
+    wsum = np.bincount(flat, weight, minlength=h * w).reshape(h, w)
+    vsum = np.bincount(flat, weight * value, minlength=h * w).reshape(h, w)
+    levels = [(wsum, vsum)]
+    while min(levels[-1][0].shape) > 2:
+        levels.append((_sum_pool(levels[-1][0]), _sum_pool(levels[-1][1])))
+    wl, vl = levels[-1]
+    est = np.full(wl.shape, vl.sum() / (wl.sum() + prior_count) if wl.sum() > 0 else 0.0)
+    for wl, vl in reversed(levels[:-1]):
+        up = cv2.resize(est, (wl.shape[1], wl.shape[0]), interpolation=cv2.INTER_LINEAR)
+        alpha = np.minimum(wl, 1.0)
+        local = np.divide(vl, wl, out=np.zeros_like(vl), where=wl > 0)
+        est = alpha * local + (1 - alpha) * up
+    density = levels[0][0]
+    return est.astype(np.float32), density
+
+
+def _sum_pool(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape
+    if h % 2 or w % 2:
+        a = np.pad(a, ((0, h % 2), (0, w % 2)))
+    return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+
+
+def linear_interpolation(x: np.ndarray, y: np.ndarray, value: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Linear interpolation on the anchors' Delaunay triangulation, 0 outside their convex hull."""
+    from scipy.interpolate import LinearNDInterpolator
+    from scipy.spatial import QhullError
+
+    h, w = shape
+    pts = np.stack([x, y], axis=1)
+    pts, first = np.unique(pts, axis=0, return_index=True)
+    if len(pts) < 3:
+        return np.zeros(shape, np.float32)
+    try:
+        interp = LinearNDInterpolator(pts, value[first], fill_value=0.0)
+    except (QhullError, ValueError):
+        return np.zeros(shape, np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    return interp(xx.ravel(), yy.ravel()).reshape(h, w).astype(np.float32)
+
+
+def neighbour_consistent(
+    u: np.ndarray, v: np.ndarray, log_ratio: np.ndarray, threshold: float, k: int = 6
+) -> np.ndarray:
+    """Anchors whose log ratio agrees with the median of their k nearest neighbours (in the image)."""
+    from scipy.spatial import cKDTree
+
+    n = len(log_ratio)
+    if n <= k:
+        return np.ones(n, bool)
+    pts = np.stack([u, v], axis=1).astype(np.float64)
+    _, nb = cKDTree(pts).query(pts, k=k + 1)
+    dev = np.abs(log_ratio - np.median(log_ratio[nb[:, 1:]], axis=1))
+    mad = 1.4826 * float(np.median(dev))
+    return dev <= max(threshold, 4.0 * mad)

@@ -1,0 +1,229 @@
+"""Robust weighted ridge least squares toward a prior: the per-frame fit of the scale-field weights.
+
+Model: target_i = design_i . w + e_i, e_i ~ N(0, sigma_i^2), w ~ N(prior.mean, prior.covariance).
+The posterior (mean, covariance) is exactly a Kalman measurement update with the prior as the predicted
+state, so the temporal filter calls `solve` with its prediction as the prior (one implementation).
+Robustness: iteratively reweighted least squares with Huber weights on residuals normalised by sigma and
+by a MAD estimate of their spread, then hard rejection of gross outliers, so that a tenth of wild anchors
+does not move the result. A ladder keeps the fit well posed when anchors are few or degenerate:
+full field -> scale and shift -> scale only -> prior only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+
+class FitLevel(str, enum.Enum):
+    FULL = "full"
+    SCALE_SHIFT = "scale_shift"
+    SCALE = "scale"
+    PRIOR = "prior"
+
+
+_LADDER = (FitLevel.FULL, FitLevel.SCALE_SHIFT, FitLevel.SCALE, FitLevel.PRIOR)
+
+
+@dataclass(frozen=True)
+class Prior:
+    mean: np.ndarray  # (K,)
+    covariance: np.ndarray  # (K, K)
+
+    def __post_init__(self) -> None:
+        k = len(self.mean)
+        if self.covariance.shape != (k, k):
+            raise ValueError(f"prior covariance must be {k}x{k}, got {self.covariance.shape}")
+
+    @staticmethod
+    def diagonal(mean, std) -> Prior:
+        mean = np.asarray(mean, np.float64).ravel()
+        std = np.broadcast_to(np.asarray(std, np.float64), mean.shape)
+        return Prior(mean.copy(), np.diag(std**2))
+
+
+@dataclass(frozen=True)
+class FitResult:
+    weights: np.ndarray  # (K,) posterior mean of the weights (the filter state)
+    covariance: np.ndarray  # (K, K) posterior covariance
+    residuals: np.ndarray  # (N,) per-anchor residual target - design @ weights (inverse depth by default)
+    inliers: np.ndarray  # (N,) bool after robust reweighting
+    level: FitLevel  # which rung of the ladder produced the result
+    n_anchors: int  # anchors used (inliers)
+    rms_residual: float  # RMS of inlier residuals normalised by their sigma
+    fallback_reason: str  # "" when level is the one asked for; otherwise why we fell back
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    huber_k: float = 1.345  # Huber threshold in robust standard deviations
+    outlier_sigmas: float = 3.5  # residuals beyond this many robust sigmas are rejected outright
+    irls_iterations: int = 4
+    min_anchors_full: int = 8  # below this the full field is not fitted
+    min_anchors_shift: int = 3  # below this no shift
+    min_relative_spread: float = 1e-3  # relative std of the scale column below which the shift is unidentifiable
+
+
+@dataclass(frozen=True)
+class Design:
+    """Linear measurement model of one frame's anchors.
+
+    matrix (N, K): d target_i / d w; target (N,); sigma (N,) > 0: measurement std of each target.
+    scale_index: the column of the global scale; shift_index: the column of the global shift (or None).
+    """
+
+    matrix: np.ndarray
+    target: np.ndarray
+    sigma: np.ndarray
+    scale_index: int = 0
+    shift_index: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def solve(
+    design: Design,
+    prior: Prior,
+    config: SolverConfig = SolverConfig(),  # noqa: B008 - frozen, immutable default
+    level: FitLevel = FitLevel.FULL,
+) -> FitResult:
+    """Robust posterior of the weights given the anchors in `design`; never raises on bad data, never NaN."""
+    mean0 = np.nan_to_num(np.asarray(prior.mean, np.float64))
+    cov0 = np.nan_to_num(np.asarray(prior.covariance, np.float64))
+    a = np.asarray(design.matrix, np.float64)
+    y = np.asarray(design.target, np.float64)
+    sigma = np.asarray(design.sigma, np.float64)
+    n_all = len(y)
+    usable = np.all(np.isfinite(a), axis=1) & np.isfinite(y) & np.isfinite(sigma) & (sigma > 0)
+
+    asked = level
+    level, reason = _choose_level(a[usable], design, config, level)
+    free = _free_columns(level, len(mean0), design)
+    if level is FitLevel.PRIOR or not free.any():
+        residuals = np.where(usable, y - a @ mean0, 0.0) if n_all else np.zeros(0)
+        return FitResult(
+            mean0,
+            cov0,
+            np.nan_to_num(residuals),
+            np.zeros(n_all, bool),
+            FitLevel.PRIOR,
+            0,
+            0.0,
+            reason or ("" if asked is FitLevel.PRIOR else "no usable anchors"),
+        )
+
+    idx = np.flatnonzero(usable)
+    a_u, y_u, s_u = a[idx], y[idx], sigma[idx]
+    # Conditioning on the fixed columns: they stay at the prior mean and move the target.
+    a_f = a_u[:, free]
+    y_f = y_u - a_u[:, ~free] @ mean0[~free]
+    mean_f, cov_f = mean0[free], cov0[np.ix_(free, free)]
+    prec_prior = _inverse_spd(cov_f)
+    eta_prior = prec_prior @ mean_f
+
+    w = mean_f.copy()
+    robust = np.ones(len(idx))
+    keep = np.ones(len(idx), bool)
+    scale = 1.0
+    for it in range(max(config.irls_iterations, 1) + 1):
+        u = (y_f - a_f @ w) / s_u
+        scale = _robust_scale(u[keep] if it else u)
+        z = np.abs(u) / scale
+        keep = z < config.outlier_sigmas
+        if keep.sum() < 1:
+            keep = z <= np.median(z)
+        robust = np.where(keep, np.minimum(1.0, config.huber_k / np.maximum(z, 1e-12)), 0.0)
+        wt = robust / (s_u * scale) ** 2
+        prec = prec_prior + (a_f * wt[:, None]).T @ a_f
+        w_new = _solve_spd(prec, eta_prior + a_f.T @ (wt * y_f))
+        if not np.all(np.isfinite(w_new)):
+            break
+        converged = np.max(np.abs(w_new - w)) <= 1e-6 * (1.0 + np.max(np.abs(w)))
+        w = w_new
+        if converged and it:
+            break
+    cov_post_f = _inverse_spd(prec)
+
+    weights = mean0.copy()
+    weights[free] = w
+    cov = cov0.copy()
+    cov[np.ix_(free, free)] = cov_post_f
+    cov[np.ix_(free, ~free)] = 0.0
+    cov[np.ix_(~free, free)] = 0.0
+    residuals = np.zeros(n_all)
+    residuals[idx] = y_u - a_u @ weights
+    inliers = np.zeros(n_all, bool)
+    inliers[idx] = keep
+    norm = residuals[idx][keep] / s_u[keep]
+    rms = float(np.sqrt(np.mean(norm**2))) if keep.any() else 0.0
+    if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(cov))):
+        return FitResult(
+            mean0,
+            cov0,
+            np.zeros(n_all),
+            np.zeros(n_all, bool),
+            FitLevel.PRIOR,
+            0,
+            0.0,
+            "numerical failure in the solve",
+        )
+    return FitResult(weights, cov, residuals, inliers, level, int(keep.sum()), rms, reason)
+
+
+def _choose_level(a: np.ndarray, design: Design, config: SolverConfig, level: FitLevel) -> tuple[FitLevel, str]:
+    """Walk down the ladder from `level` until the anchors support the rung."""
+    n = len(a)
+    if n == 0:
+        return FitLevel.PRIOR, "no usable anchors" if level is not FitLevel.PRIOR else ""
+    scale_col = a[:, design.scale_index]
+    distinct = len(np.unique(scale_col))
+    spread = float(np.std(scale_col) / max(np.mean(np.abs(scale_col)), 1e-12))
+    reasons = []
+    rung = _LADDER.index(level)
+    if rung <= 0 and (n < config.min_anchors_full or distinct < config.min_anchors_full):
+        reasons.append(f"{n} anchors on {distinct} distinct values, full field needs {config.min_anchors_full}")
+        rung = 1
+    if rung == 1 and design.shift_index is None:
+        rung = 2
+    if rung == 1 and (n < config.min_anchors_shift or distinct < 2 or spread < config.min_relative_spread):
+        reasons.append(f"anchors do not constrain a shift ({n} anchors, relative spread {spread:.2g})")
+        rung = 2
+    return _LADDER[rung], "; ".join(reasons)
+
+
+def _free_columns(level: FitLevel, k: int, design: Design) -> np.ndarray:
+    free = np.zeros(k, bool)
+    if level is FitLevel.FULL:
+        free[:] = True
+    elif level is FitLevel.SCALE_SHIFT:
+        free[design.scale_index] = True
+        if design.shift_index is not None:
+            free[design.shift_index] = True
+    elif level is FitLevel.SCALE:
+        free[design.scale_index] = True
+    return free
+
+
+def _robust_scale(u: np.ndarray) -> float:
+    """MAD-based spread of normalised residuals, at least 1 so that an honest noise model is not inflated."""
+    if u.size == 0:
+        return 1.0
+    mad = 1.4826 * float(np.median(np.abs(u - np.median(u))))
+    return max(mad, 1.0) if np.isfinite(mad) else 1.0
+
+
+def _solve_spd(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(m, check_finite=False), b, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        return np.linalg.lstsq(m, b, rcond=None)[0]
+
+
+def _inverse_spd(m: np.ndarray) -> np.ndarray:
+    k = m.shape[0]
+    inv = _solve_spd(m + 1e-12 * np.trace(m) / max(k, 1) * np.eye(k), np.eye(k))
+    return 0.5 * (inv + inv.T)

@@ -1,0 +1,71 @@
+"""Basis maps built from real FastDepth output."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from field_backbone import infer
+
+from scale_field_ros.backbone import BackboneOutput, DepthKind
+from scale_field_ros.bases import BasisConfig, build_bases, relative_inverse_depth, sample_maps
+
+
+def test_family_grows_with_anchors_and_first_basis_is_constant():
+    _, out = infer("nyu", 0)
+    cfg = BasisConfig()
+    sizes = []
+    for n in (0, 10, 30, 200):
+        b = build_bases(out, cfg, n)
+        assert np.all(b.maps[0] == 1) and np.all(np.isfinite(b.maps))
+        assert b.maps.shape[1:] == b.work_shape and max(b.work_shape) == cfg.work_long_side
+        sizes.append(b.k)
+    assert sizes == sorted(sizes) and sizes[0] == 1 and sizes[-1] > sizes[1]
+    full = build_bases(out, cfg, 200)
+    assert any(n.startswith("pca") for n in full.names) and any(n.startswith("depth") for n in full.names)
+    assert np.allclose(np.sqrt(np.mean(full.maps[1:] ** 2, axis=(1, 2))), 1.0, atol=1e-3)
+    assert np.isclose(np.median(full.inv_rel), 1.0, atol=1e-3)
+
+
+def test_signature_and_pca_signs_are_deterministic():
+    _, out = infer("sun3d_seq", 0)
+    a = build_bases(out, BasisConfig(), 500)
+    flipped = BackboneOutput(out.relative, out.kind, out.metric, {k: -v for k, v in out.features.items()})
+    b = build_bases(flipped, BasisConfig(), 500)
+    assert a.signature == b.signature
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-4)
+    _, out_next = infer("sun3d_seq", 1)  # next frame of the sequence: same family
+    assert build_bases(out_next, BasisConfig(), 500).signature == a.signature
+
+
+def test_depth_bins_follow_relative_depth():
+    frame, out = infer("nyu", 1)
+    b = build_bases(out, BasisConfig(), 200)
+    bins = [i for i, n in enumerate(b.names) if n.startswith("depth")]
+    log_g = np.log(b.inv_rel_work).ravel()
+    near_corr = np.corrcoef(b.maps[bins[-1]].ravel(), log_g)[0, 1]  # last bin: highest inverse depth = nearest
+    far_corr = np.corrcoef(b.maps[bins[0]].ravel(), log_g)[0, 1]
+    assert near_corr > 0.3 and far_corr < -0.3
+
+
+def test_sampling_matches_maps_at_pixel_centres():
+    _, out = infer("kitti_semidense", 0)
+    b = build_bases(out, BasisConfig(), 200)
+    h, w = b.work_shape
+    fh, fw = b.full_shape
+    j, i = np.array([3, 10, h - 2]), np.array([5, 40, w - 3])
+    u = (i + 0.5) * fw / w - 0.5
+    v = (j + 0.5) * fh / h - 0.5
+    np.testing.assert_allclose(sample_maps(b.maps, u, v, b.full_shape), b.maps[:, j, i].T, atol=1e-4)
+
+
+def test_flat_or_invalid_relative_depth_is_flagged_not_nan():
+    _, out = infer("nyu", 0)
+    for rel in (np.full(out.relative.shape, 3.0, np.float32), np.full(out.relative.shape, np.nan, np.float32)):
+        bad = dataclasses.replace(out, relative=rel)
+        g, med, constant = relative_inverse_depth(bad)
+        assert constant and np.all(np.isfinite(g)) and med > 0
+        b = build_bases(bad, BasisConfig(), 500)
+        assert np.all(np.isfinite(b.maps)) and not any(n.startswith(("depth", "pca")) for n in b.names)
+    inv = dataclasses.replace(out, relative=1.0 / out.relative, kind=DepthKind.INVERSE_DEPTH)
+    np.testing.assert_allclose(relative_inverse_depth(inv)[0], relative_inverse_depth(out)[0], rtol=1e-4)

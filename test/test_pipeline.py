@@ -1,0 +1,94 @@
+"""The pipeline on real FastDepth output: accuracy against the baselines and defined results on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from field_backbone import infer
+
+from scale_field_ros.anchors import Anchors
+from scale_field_ros.baselines import BASELINES
+from scale_field_ros.metrics import compute_metrics, evaluation_mask
+from scale_field_ros.patterns import draw_anchors
+from scale_field_ros.pipeline import Pipeline, PipelineConfig
+from scale_field_ros.solver import FitLevel
+
+NYU = PipelineConfig(max_depth_m=10.0)
+
+
+def _check_output(res, shape, cfg=NYU):
+    for a in (res.depth_m, res.std_m, res.scale_field):
+        assert a.shape == shape and a.dtype == np.float32 and np.all(np.isfinite(a))
+    assert res.depth_m.min() >= cfg.min_depth_m and res.depth_m.max() <= cfg.max_depth_m
+    assert np.all(res.std_m >= 0)
+
+
+@pytest.mark.parametrize("name,n,cap", [("nyu", 200, 10.0), ("kitti_semidense", 200, 80.0)])
+def test_field_beats_global_alignment_and_is_finite(name, n, cap):
+    frame, out = infer(name, 0)
+    cfg = dataclasses.replace(NYU, max_depth_m=cap)
+    draw = draw_anchors(frame, "uniform", n, seed=1)
+    res = Pipeline(None, cfg).process_output(out, draw.anchors)
+    _check_output(res, out.shape, cfg)
+    assert res.fit.level is FitLevel.FULL and res.fit.fallback_reason == ""
+    mask = evaluation_mask(draw.truth_depth_m, 1e-3, cap, draw.anchors)
+    field = compute_metrics(res.depth_m, draw.truth_depth_m, mask).absrel
+    ga = compute_metrics(BASELINES["ga_inv"](out, draw.anchors, 0.1, cap), draw.truth_depth_m, mask).absrel
+    assert field < 0.9 * ga
+
+
+def test_uncertainty_is_larger_where_the_error_is_larger():
+    frame, out = infer("sun3d_seq", 0)
+    draw = draw_anchors(frame, "uniform", 50, seed=2)
+    res = Pipeline(None, NYU).process_output(out, draw.anchors)
+    mask = evaluation_mask(draw.truth_depth_m, 1e-3, 10.0, draw.anchors)
+    err = np.abs(res.depth_m - draw.truth_depth_m)[mask]
+    std = res.std_m[mask]
+    hi = std > np.median(std)
+    assert err[hi].mean() > err[~hi].mean()
+    assert 0.2 < np.mean(err < 2 * std) <= 1.0  # roughly calibrated, not absurdly wide
+
+
+def test_outliers_and_noise_barely_move_the_field():
+    frame, out = infer("nyu", 1)
+    clean = draw_anchors(frame, "uniform", 300, seed=4)
+    dirty = draw_anchors(frame, "uniform", 300, seed=4, noise=0.02, outliers=0.1)
+    mask = evaluation_mask(clean.truth_depth_m, 1e-3, 10.0, clean.anchors)
+    pipe = Pipeline(None, NYU)
+    a = compute_metrics(pipe.process_output(out, clean.anchors).depth_m, clean.truth_depth_m, mask).absrel
+    b = compute_metrics(pipe.process_output(out, dirty.anchors).depth_m, clean.truth_depth_m, mask).absrel
+    assert b < a + 0.02
+
+
+def test_bad_inputs_give_a_flagged_defined_result():
+    frame, out = infer("nyu", 0)
+    pipe = Pipeline(None, NYU)
+    draw = draw_anchors(frame, "uniform", 100, seed=0)
+    none = pipe.process_output(out, Anchors.empty())
+    _check_output(none, out.shape)
+    assert none.fit.level is FitLevel.PRIOR and none.fit.fallback_reason
+    outl = Anchors.from_arrays(draw.anchors.u, draw.anchors.v, np.full(100, 1e6))  # all outside the range
+    _check_output(pipe.process_output(out, outl), out.shape)
+    pile = Anchors.from_arrays(np.full(50, 100.0), np.full(50, 80.0), np.full(50, 2.5))
+    res = pipe.process_output(out, pile)
+    _check_output(res, out.shape)
+    assert res.fit.level is FitLevel.SCALE and res.fit.fallback_reason
+    nan_out = dataclasses.replace(out, relative=np.where(out.relative > 3, np.nan, out.relative).astype(np.float32))
+    _check_output(pipe.process_output(nan_out, draw.anchors), out.shape)
+    flat = dataclasses.replace(out, relative=np.full(out.shape, 2.0, np.float32))
+    res = pipe.process_output(flat, draw.anchors)
+    _check_output(res, out.shape)
+    assert res.fit.level is FitLevel.SCALE and "constant" in res.fit.fallback_reason
+    nan_anchor = Anchors.from_arrays([np.nan, 10.0], [5.0, np.inf], [2.0, np.nan])
+    _check_output(pipe.process_output(out, nan_anchor), out.shape)
+
+
+def test_config_from_flat_dict():
+    cfg = PipelineConfig.from_dict({"max_depth_m": 20, "basis_poly_degree": 1, "solver.huber_k": 2.0})
+    assert cfg.max_depth_m == 20 and cfg.basis.poly_degree == 1 and cfg.solver.huber_k == 2.0
+    with pytest.raises(ValueError, match="unknown"):
+        PipelineConfig.from_dict({"basis_no_such_thing": 1})
+    with pytest.raises(ValueError):
+        PipelineConfig(min_depth_m=5.0, max_depth_m=1.0)

@@ -1,0 +1,78 @@
+"""The robust ridge solver on anchors drawn from real ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scale_field_ros.solver import Design, FitLevel, Prior, SolverConfig, solve
+
+
+def _gt_design(frame, n=300, seed=0, scale=0.7, shift=0.05):
+    """Relative inverse depth = (true inverse depth - shift) / scale, so the truth is (scale, shift)."""
+    gt = frame.depth_m
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(np.flatnonzero(gt.ravel() > 0), n, replace=False)
+    inv = 1.0 / gt.ravel()[idx].astype(np.float64)
+    rel = (inv - shift) / scale
+    design = Design(np.stack([rel, np.ones(n)], 1), inv.copy(), 0.02 * inv, scale_index=0, shift_index=1)
+    return design, np.array([scale, shift])
+
+
+LOOSE = Prior.diagonal([1.0, 0.0], [100.0, 100.0])
+
+
+def test_recovers_scale_and_shift_and_shrinks_covariance(nyu):
+    design, truth = _gt_design(nyu.frame(0))
+    fit = solve(design, LOOSE)
+    assert fit.level is FitLevel.FULL and fit.fallback_reason == ""
+    np.testing.assert_allclose(fit.weights, truth, rtol=1e-4, atol=1e-5)
+    assert np.all(np.diag(fit.covariance) < np.diag(LOOSE.covariance) * 1e-3)
+    assert fit.inliers.all() and fit.n_anchors == len(design)
+
+
+def test_ten_percent_gross_outliers_do_not_move_the_result(nyu):
+    design, truth = _gt_design(nyu.frame(1))
+    rng = np.random.default_rng(1)
+    bad = rng.choice(len(design), len(design) // 10, replace=False)
+    target = design.target.copy()
+    target[bad] *= rng.choice([0.3, 3.0], len(bad))
+    fit = solve(Design(design.matrix, target, design.sigma, 0, 1), LOOSE)
+    np.testing.assert_allclose(fit.weights, truth, rtol=1e-3, atol=1e-4)
+    assert not fit.inliers[bad].any()
+    plain = np.linalg.lstsq(design.matrix, target, rcond=None)[0]
+    assert np.abs(plain - truth).max() > 10 * np.abs(fit.weights - truth).max()
+
+
+def test_prior_pulls_unconstrained_weights(sun3d):
+    design, _ = _gt_design(sun3d.frame(0), n=50)
+    extra = np.zeros((len(design), 1))  # a column the data cannot see
+    d3 = Design(np.hstack([design.matrix, extra]), design.target, design.sigma, 0, 1)
+    prior = Prior.diagonal([1.0, 0.0, 0.42], [100.0, 100.0, 0.1])
+    fit = solve(d3, prior)
+    assert np.isclose(fit.weights[2], 0.42) and np.isclose(fit.covariance[2, 2], 0.01)
+
+
+def test_ladder_for_few_and_degenerate_anchors(nyu):
+    design, _ = _gt_design(nyu.frame(0), n=20)
+    cfg = SolverConfig()
+    empty = solve(Design(design.matrix[:0], design.target[:0], design.sigma[:0], 0, 1), LOOSE, cfg)
+    assert empty.level is FitLevel.PRIOR and empty.fallback_reason and np.array_equal(empty.weights, LOOSE.mean)
+    few = solve(Design(design.matrix[:5], design.target[:5], design.sigma[:5], 0, 1), LOOSE, cfg)
+    assert few.level is FitLevel.SCALE_SHIFT and "full field" in few.fallback_reason
+    one = solve(Design(design.matrix[:1], design.target[:1], design.sigma[:1], 0, 1), LOOSE, cfg)
+    assert one.level is FitLevel.SCALE
+    assert np.isclose(one.weights[0] * design.matrix[0, 0], design.target[0], rtol=1e-3)
+    same = np.repeat(design.matrix[:1], 30, axis=0)  # all anchors on one pixel
+    pile = solve(Design(same, np.repeat(design.target[:1], 30), np.repeat(design.sigma[:1], 30), 0, 1), LOOSE, cfg)
+    assert pile.level is FitLevel.SCALE and np.all(np.isfinite(pile.weights))
+
+
+def test_nan_rows_are_ignored_and_nothing_is_nan(kitti):
+    design, truth = _gt_design(kitti.frame(0), n=200, scale=2.0, shift=0.001)
+    m = design.matrix.copy()
+    t = design.target.copy()
+    m[:10, 0] = np.nan
+    t[10:20] = np.inf
+    fit = solve(Design(m, t, design.sigma, 0, 1), LOOSE)
+    np.testing.assert_allclose(fit.weights, truth, rtol=1e-3, atol=1e-4)
+    assert np.all(np.isfinite(fit.residuals)) and not fit.inliers[:20].any()
