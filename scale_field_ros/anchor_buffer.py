@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .anchors import Anchors, anchors_from_points
+from .camera import Intrinsics, transform_points
+from .poses import PoseBuffer, camera_from_world, scan_to_image_transform
+
 
 @dataclass(frozen=True)
 class AnchorSet:
@@ -127,3 +131,65 @@ class AnchorBuffer:
             hi = bisect.bisect_right(self._stamps, stamp_s + age)
             found = self._sets[lo:hi]
         return sorted(found, key=lambda s: abs(s.stamp_s - stamp_s))
+
+
+@dataclass(frozen=True)
+class ImageAnchors:
+    """The anchors assembled for one image and what stood in the way.
+
+    problems: (cause, message) pairs for the caller's throttled warnings; cause is a stable key.
+    """
+
+    anchors: Anchors
+    n_sets: int
+    n_points: int
+    problems: tuple[tuple[str, str], ...] = ()
+
+
+def anchors_for_image(
+    sets: list[AnchorSet],
+    image_stamp_s: float,
+    intrinsics: Intrinsics,
+    T_cam_anchor: np.ndarray,
+    min_depth_m: float,
+    max_depth_m: float,
+    poses: PoseBuffer | None = None,
+    T_body_cam: np.ndarray | None = None,
+    anchors_in_world: bool = False,
+    motion_compensation: bool = True,
+) -> ImageAnchors:
+    """Bring every set into the camera at the image stamp and z-buffer them together into pixel anchors.
+
+    - anchors_in_world: sets are world-frame landmarks; the camera pose at the image stamp comes from
+      `poses` (T_world_body) and `T_body_cam`. Without a pose there are no anchors for this image.
+    - otherwise sets are in the anchor frame (`T_cam_anchor`); with `poses` and motion_compensation each
+      set is moved from its own stamp to the image stamp (a set without poses is used as is).
+    """
+    T_body_cam = np.eye(4) if T_body_cam is None else T_body_cam
+    problems: list[tuple[str, str]] = []
+    clouds: list[np.ndarray] = []
+    have_poses = poses is not None and len(poses) > 0
+    T_wb_image = poses.lookup(image_stamp_s) if have_poses else None
+    if (anchors_in_world or (motion_compensation and have_poses)) and sets and T_wb_image is None:
+        why = "no odometry received" if not have_poses else "odometry does not cover the image stamp"
+        problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s)"))
+    for s in sets:
+        if anchors_in_world:
+            if T_wb_image is None:
+                continue
+            T = camera_from_world(T_wb_image, T_body_cam)
+        elif motion_compensation and T_wb_image is not None and s.stamp_s != image_stamp_s:
+            T_wb_set = poses.lookup(s.stamp_s)
+            if T_wb_set is None:
+                problems.append(("odom_missing", f"odometry does not cover the anchor stamp {s.stamp_s:.3f} s"))
+                T = T_cam_anchor
+            else:
+                T = scan_to_image_transform(T_wb_set, T_wb_image, T_body_cam, T_cam_anchor)
+        else:
+            T = T_cam_anchor
+        clouds.append(transform_points(T, s.points.astype(np.float64)))
+    if not clouds:
+        return ImageAnchors(Anchors.empty(), 0, 0, tuple(problems))
+    pts_cam = np.concatenate(clouds)
+    anchors = anchors_from_points(pts_cam, np.eye(4), intrinsics, min_depth_m, max_depth_m)
+    return ImageAnchors(anchors, len(clouds), len(pts_cam), tuple(problems))
