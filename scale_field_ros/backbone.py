@@ -78,8 +78,7 @@ def to_rgb8(image: np.ndarray, *, channel_order: str = "rgb") -> np.ndarray:
     h, w = arr.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE or max(h, w) > MAX_IMAGE_SIDE:
         raise ImageError(
-            f"image size {w}x{h} is outside the supported range "
-            f"({MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels a side)"
+            f"image size {w}x{h} is outside the supported range ({MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels a side)"
         )
     if arr.dtype == np.uint8:
         pass

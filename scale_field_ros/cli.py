@@ -1,7 +1,8 @@
 """`scale-field` command line: one subcommand per module, each a thin adapter over the library.
 
-Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`; modules are imported
-only when their subcommand runs, so a missing optional dependency affects only that subcommand.
+Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`. Only the module of
+the subcommand being run is imported, so `scale-field --help` is fast and a missing optional
+dependency affects only the subcommand that needs it.
 """
 
 from __future__ import annotations
@@ -13,21 +14,26 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("scale_field_ros.bench", "per-stage latency benchmark, written as JSON"),
     "demo": ("scale_field_ros.demo", "the main job: metric depth for a sample of shared/data"),
+    "make-bag": ("scale_field_ros.make_bag", "write a dataset folder as a ROS 2 bag"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; the chosen `command`'s arguments are added (importing only its module)."""
     parser = argparse.ArgumentParser(prog="scale-field", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(p)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

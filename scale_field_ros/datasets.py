@@ -102,8 +102,7 @@ def load_dataset(root: str | Path) -> Dataset:
     frames = tuple(meta.get("frames", ()))
     if not frames:
         raise ValueError(f"{manifest} lists no frames")
-    return Dataset(name=str(meta.get("name", root.name)), kind=str(meta.get("kind", "")), root=root,
-                   frames_meta=frames)
+    return Dataset(name=str(meta.get("name", root.name)), kind=str(meta.get("kind", "")), root=root, frames_meta=frames)
 
 
 def shared_root() -> Path:
