@@ -22,26 +22,6 @@ from scipy.spatial.transform import Rotation
 from .camera import transform_points
 
 
-def pose_to_transform(position_xyz, quaternion_xyzw) -> np.ndarray:
-    """Position + unit quaternion (x, y, z, w as in geometry_msgs/Pose) -> 4x4 transform."""
-    q = np.asarray(quaternion_xyzw, np.float64)
-    p = np.asarray(position_xyz, np.float64)
-    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(p))):
-        raise ValueError("pose holds NaN or inf")
-    norm = np.linalg.norm(q)
-    if not 0.5 < norm < 1.5:
-        raise ValueError(f"pose quaternion is not unit length (norm {norm:.3f})")
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
-    T[:3, 3] = p
-    return T
-
-
-def transform_to_pose(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4x4 transform -> (position xyz, quaternion xyzw)."""
-    return np.asarray(T[:3, 3], np.float64).copy(), Rotation.from_matrix(T[:3, :3]).as_quat()
-
-
 def invert_transform(T: np.ndarray) -> np.ndarray:
     R, t = T[:3, :3], T[:3, 3]
     inv = np.eye(4)

@@ -13,9 +13,7 @@ from scale_field_ros.poses import (
     interpolate_transform,
     invert_transform,
     landmarks_to_camera,
-    pose_to_transform,
     scan_to_image_transform,
-    transform_to_pose,
 )
 
 SEQ = shared_root() / "data" / "sun3d_seq"
@@ -34,17 +32,6 @@ def seq():
 
 def _angle_deg(R: np.ndarray) -> float:
     return float(np.degrees(np.linalg.norm(Rotation.from_matrix(R).as_rotvec())))
-
-
-def test_pose_round_trip(seq):
-    for i in range(len(seq)):
-        T = seq.frame(i).T_world_cam
-        p, q = transform_to_pose(T)
-        np.testing.assert_allclose(pose_to_transform(p, q), T, atol=2e-3)
-    with pytest.raises(ValueError):
-        pose_to_transform([0, 0, 0], [0, 0, 0, 0])
-    with pytest.raises(ValueError):
-        pose_to_transform([np.nan, 0, 0], [0, 0, 0, 1])
 
 
 def test_interpolation_is_geodesic(seq):
