@@ -1,6 +1,9 @@
 """Kalman-type temporal filter on the scale-field weights.
 
-Model: the K weights follow a random walk, w_t = w_{t-dt} + q, q ~ N(0, process_noise^2 * dt * I).
+Model: the K weights follow a random walk, w_t = w_{t-dt} + q, q ~ N(0, process_noise^2 * dt * P0), with P0
+the covariance of the caller's initial prior: the walk is a fraction of the prior's own spread per sqrt(second),
+so it is unit-free (the weights are metric inverse depth: indoor and driving scenes differ by 10x) and each
+weight wanders in proportion to how uncertain it is a priori.
 The measurement update is the per-frame ridge solve toward the predicted state (`Prior`): a weighted
 least-squares fit regularised toward a Gaussian prior is exactly a Kalman update with that prior as the
 predicted state, so this module only predicts, stores the posterior and decides when to coast or reset;
@@ -25,7 +28,8 @@ from .solver import FitResult, Prior
 class FilterConfig:
     """Settings of `WeightFilter`.
 
-    process_noise: std of the weights' random walk after one second (variance grows linearly in time).
+    process_noise: std of the weights' random walk after one second, as a fraction of the initial prior's std
+        (variance grows linearly in time).
     max_coast_s: coasting longer than this is reported (`coast_exceeded`) on diagnostics and confidence.
     reset_nis_threshold: reset when NIS / dof exceeds this (a consistent filter has NIS / dof near 1).
     enabled: off by default so evaluation treats frames independently.
@@ -33,7 +37,7 @@ class FilterConfig:
         smaller reorderings are treated as dt = 0.
     """
 
-    process_noise: float = 0.05
+    process_noise: float = 0.02
     max_coast_s: float = 2.0
     reset_nis_threshold: float = 25.0
     enabled: bool = False
@@ -78,6 +82,7 @@ class WeightFilter:
         self.last_reset_reason: str = ""
         self.n_resets: int = 0
         self._stamp_s: float | None = None  # stamp of `state`
+        self._reference_cov: np.ndarray | None = None  # P0 of the latest initial prior: scale of the random walk
         self._last_update_s: float | None = None
 
     @property
@@ -86,7 +91,10 @@ class WeightFilter:
         return self.coasting and self.coast_duration_s > self.config.max_coast_s
 
     def _process_covariance(self, k: int, dt_s: float) -> np.ndarray:
-        return np.eye(k) * (self.config.process_noise**2 * dt_s)
+        ref = self._reference_cov
+        if ref is None or ref.shape != (k, k):
+            ref = np.eye(k)
+        return ref * (self.config.process_noise**2 * dt_s)
 
     def _check_backwards(self, stamp_s: float) -> None:
         if self._stamp_s is not None and stamp_s < self._stamp_s - self.config.backwards_tolerance_s:
@@ -95,6 +103,7 @@ class WeightFilter:
     def predict(self, stamp_s: float, initial: Prior) -> Prior:
         """Predicted state at `stamp_s`; `initial` on the first frame, after a reset, or on a size change."""
         self._check_backwards(stamp_s)
+        self._reference_cov = np.asarray(initial.covariance, np.float64)
         if self.state is None or self.state.mean.shape != np.shape(initial.mean):
             return initial
         dt = max(0.0, stamp_s - self._stamp_s)

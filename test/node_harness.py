@@ -138,21 +138,22 @@ class NodeHarness:
         pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(x) for x in q)
         self.pub_odom.publish(msg)
 
-    def process_frame(self, rgb: np.ndarray, stamp_s: float, timeout_s: float = 30.0) -> Image:
-        """Publish an image and wait for the metric depth carrying its stamp."""
-        self.publish_image(rgb, stamp_s)
+    def output(self, stamp_s: float, topic: str = "metric_depth", timeout_s: float = 30.0):
+        """Wait for the message on `topic` stamped `stamp_s`."""
         want = header(stamp_s).stamp
         found: list = []
 
         def arrived() -> bool:
-            for m in self.messages("metric_depth"):
-                if m.header.stamp.sec == want.sec and m.header.stamp.nanosec == want.nanosec:
-                    found.append(m)
-                    return True
-            return False
+            found[:] = [m for m in self.messages(topic) if m.header.stamp == want]
+            return bool(found)
 
-        self.wait_for(arrived, timeout_s, f"metric_depth stamped {stamp_s}")
+        self.wait_for(arrived, timeout_s, f"{topic} stamped {stamp_s}")
         return found[0]
+
+    def process_frame(self, rgb: np.ndarray, stamp_s: float, timeout_s: float = 30.0) -> Image:
+        """Publish an image and wait for the metric depth carrying its stamp."""
+        self.publish_image(rgb, stamp_s)
+        return self.output(stamp_s, "metric_depth", timeout_s)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
@@ -160,6 +161,14 @@ class NodeHarness:
         self.io.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(timeout=5.0)
+
+
+def camera_points(anchors, intrinsics: Intrinsics) -> np.ndarray:
+    """Anchors on integer pixels -> their 3D points in the camera frame (through the one unprojection)."""
+    sparse = np.zeros((intrinsics.height, intrinsics.width), np.float32)
+    rows, cols = np.round(anchors.v).astype(int), np.round(anchors.u).astype(int)
+    sparse[rows, cols] = anchors.depth_m
+    return intrinsics.unproject(sparse)[rows, cols].astype(np.float64)
 
 
 def depth_of(msg: Image) -> np.ndarray:

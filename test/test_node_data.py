@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_harness import NodeHarness, depth_of, domain_id
+from node_harness import NodeHarness, camera_points, depth_of, domain_id
 
 from scale_field_ros import msg_codec
 from scale_field_ros.anchors import anchors_from_points
@@ -35,14 +35,6 @@ def backbone():
     from scale_field_ros.backbones import load_backbone
 
     return load_backbone()
-
-
-def camera_points(anchors, intrinsics) -> np.ndarray:
-    """Anchors on integer pixels -> their 3D points in the camera frame (through the one unprojection)."""
-    sparse = np.zeros((intrinsics.height, intrinsics.width), np.float32)
-    rows, cols = np.round(anchors.v).astype(int), np.round(anchors.u).astype(int)
-    sparse[rows, cols] = anchors.depth_m
-    return intrinsics.unproject(sparse)[rows, cols].astype(np.float64)
 
 
 def reference_absrel(backbone, params, frame, anchors, truth) -> float:
@@ -73,11 +65,6 @@ def check_points(harness, depth, frame):
     assert names[:4] == ["x", "y", "z", "rgb"]
     rgb_field = np.frombuffer(bytes(cloud.data), "<f4").reshape(-1, 4)[:, 3]
     np.testing.assert_array_equal(msg_codec.unpack_rgb_float(rgb_field), colours)
-
-
-@pytest.fixture(scope="module")
-def sun3d():
-    return load_dataset(DATA / "sun3d_seq")
 
 
 def test_sun3d_camera_frame_anchors(backbone, sun3d):

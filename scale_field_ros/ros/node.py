@@ -60,7 +60,8 @@ class WarnThrottle:
         self._logger = logger
         self.period_s = period_s
         self._last: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # occurrences per cause
+        self.emitted: dict[str, int] = {}  # log lines per cause
         self._lock = threading.Lock()
 
     def __call__(self, cause: str, message: str) -> None:
@@ -71,6 +72,7 @@ class WarnThrottle:
             if last is not None and now - last < self.period_s:
                 return
             self._last[cause] = now
+            self.emitted[cause] = self.emitted.get(cause, 0) + 1
             n = self.counts[cause]
         self._logger.warning(f"[{cause}] {message}" + (f" ({n} times so far)" if n > 1 else ""))
 
@@ -234,9 +236,12 @@ class ScaleFieldNode(Node):
             return
         stamp = conv.stamp_to_s(msg.header.stamp)
         n_total = len(decoded.points) + decoded.n_nonfinite
-        status = self.anchor_buffer.insert(
-            stamp, decoded.points, msg.header.frame_id, reference_stamp_s=self._latest_image_stamp_s
-        )
+        if len(decoded.points) == 0:  # the codec already dropped non-finite points: say which case it was
+            status = InsertStatus.NO_FINITE_POINTS if decoded.n_nonfinite else InsertStatus.EMPTY
+        else:
+            status = self.anchor_buffer.insert(
+                stamp, decoded.points, msg.header.frame_id, reference_stamp_s=self._latest_image_stamp_s
+            )
         if status is InsertStatus.OK:
             return
         text = {

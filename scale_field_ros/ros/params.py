@@ -127,7 +127,9 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
         description="farthest metric depth published (m); anchors beyond are ignored", min=0.0, max=1000.0
     ),
     "filter.enabled": dict(default=True, description="temporal Kalman filter on the scale-field weights"),
-    "filter.process_noise": dict(description="std of the weights' random walk after 1 s", min=0.0, max=100.0),
+    "filter.process_noise": dict(
+        description="std of the weights' random walk after 1 s, as a fraction of their prior std", min=0.0, max=100.0
+    ),
     "filter.max_coast_s": dict(
         description="coasting (no usable anchors) longer than this is flagged (s)", min=0.0, max=3600.0
     ),
