@@ -103,6 +103,7 @@ class FrameStats:
 
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=100))
     stages_ms: dict[str, float] = field(default_factory=dict)
+    history: deque = field(default_factory=lambda: deque(maxlen=1000))  # (stamp_s, latency_ms, stages_ms)
     n_anchors: int = 0
     n_anchor_sets: int = 0
     fit_level: str = ""
@@ -368,6 +369,7 @@ class ScaleFieldNode(Node):
             "pipeline_wall": (t3 - t2) * ms,
             "publish": (t4 - t3) * ms,
         }
+        s.history.append((stamp, s.latency_ms[-1], s.stages_ms))
         s.n_anchors = int(result.fit.n_anchors)
         s.n_anchor_sets = found.n_sets
         s.fit_level = getattr(result.fit.level, "value", str(result.fit.level))
