@@ -1,0 +1,211 @@
+"""Concrete backbones and `load_backbone`, the one way the pipeline, CLI and ROS node get a network.
+
+FastDepth runs from its published TFLite file: the weights are dequantised into our PyTorch
+definition (`fastdepth.py`), which runs as is (runtime "torch") or after a cached ONNX export under
+ONNX Runtime (runtime "onnxruntime", the CPU default).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .backbone import Backbone, BackboneOutput, DepthKind, to_rgb8
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+# Bump when the network definition or export changes, so stale cached ONNX files are not reused.
+EXPORT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, truncated or not the expected network; the message names the file."""
+
+
+def default_model_path() -> Path:
+    """shared/models/fastdepth_224.tflite beside the checkout (env SCALE_FIELD_SHARED overrides shared/)."""
+    from .datasets import shared_root
+
+    return shared_root() / "models" / "fastdepth_224.tflite"
+
+
+def cache_dir() -> Path:
+    """Writable folder for derived model files (ONNX exports): $SCALE_FIELD_CACHE, else the user cache."""
+    env = os.environ.get("SCALE_FIELD_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "scale_field_ros"
+
+
+def load_backbone(
+    name: str = "fastdepth",
+    model_path: str | Path | None = None,
+    runtime: str = "auto",
+    threads: int = 0,
+    device: str = "cpu",
+) -> Backbone:
+    """Build a backbone by name.
+
+    model_path: the network file (FastDepth: its .tflite, or an ONNX file exported from it for
+        runtime "onnxruntime"); None uses `default_model_path()`.
+    runtime: "torch", "onnxruntime", or "auto" (ONNX Runtime on CPU when installed, else torch).
+    threads: intra-op threads for the runtime; 0 keeps the runtime's default.
+    device: "cpu" or a torch device string such as "cuda" (torch runtime).
+    Raises `ModelFileError` for a missing/truncated/foreign file, ValueError for unknown names.
+    """
+    if name != "fastdepth":
+        raise ValueError(f"unknown backbone {name!r}; available: fastdepth")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if int(threads) < 0:
+        raise ValueError(f"threads must be >= 0 (0 = runtime default), got {threads}")
+    path = Path(model_path) if model_path is not None else default_model_path()
+    if runtime == "auto":
+        import importlib.util
+
+        has_ort = importlib.util.find_spec("onnxruntime") is not None
+        runtime = "onnxruntime" if device == "cpu" and has_ort else "torch"
+    if path.suffix.lower() == ".onnx":
+        if runtime != "onnxruntime":
+            raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
+        return FastDepthBackbone(_OrtRunner(_check_onnx_file(path), int(threads), device), runtime, path)
+    from .tflite_weights import load_fastdepth
+
+    model, weights = load_fastdepth(path)
+    if runtime == "torch":
+        runner = _TorchRunner(model, int(threads), device)
+    else:
+        runner = _OrtRunner(_cached_onnx(model, weights.sha256), int(threads), device)
+    return FastDepthBackbone(runner, runtime, path, weights.input_scale, weights.input_zero_point)
+
+
+class FastDepthBackbone:
+    """FastDepth behind the `Backbone` protocol: any RGB image in, metres-ish depth at its resolution out."""
+
+    name = "fastdepth"
+
+    def __init__(
+        self, runner, runtime: str, model_path: Path, input_scale: float = 1.0 / 255.0, input_zero_point: int = 0
+    ) -> None:
+        from .fastdepth import INPUT_SIZE
+
+        self._runner = runner
+        self.runtime = runtime
+        self.model_path = model_path
+        self.input_size = INPUT_SIZE
+        self.threads = runner.threads
+        # The int8 graph's input quantisation tells what float the network expects per uint8 pixel.
+        self._input_scale = np.float32(input_scale)
+        self._input_zero_point = np.float32(input_zero_point)
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB image -> 1x3xSxS float32 network input (whole image resized, (pixel - zero_point) * scale)."""
+        image = to_rgb8(rgb)
+        h, w = image.shape[:2]
+        s = self.input_size
+        # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
+        interp = cv2.INTER_AREA if h * w > s * s else cv2.INTER_LINEAR
+        small = cv2.resize(image, (s, s), interpolation=interp)
+        x = np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32)
+        return (x - self._input_zero_point) * self._input_scale
+
+    def infer(self, rgb: np.ndarray) -> BackboneOutput:
+        image = to_rgb8(rgb)
+        h, w = image.shape[:2]
+        depth, features = self._runner(self.preprocess(image))
+        depth_m = cv2.resize(depth[0, 0], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
+        return BackboneOutput(
+            relative=depth_m,
+            kind=DepthKind.DEPTH,
+            metric=True,  # trained on NYU in metres: roughly metric indoors, still to be corrected
+            features={k: np.ascontiguousarray(v[0], dtype=np.float32) for k, v in features.items()},
+        )
+
+
+class _TorchRunner:
+    def __init__(self, model, threads: int, device: str) -> None:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        self._torch = torch
+        self._device = torch.device(device)
+        self._model = model.to(self._device).eval()
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        torch = self._torch
+        with torch.inference_mode():
+            depth, features = self._model(torch.from_numpy(x).to(self._device))
+        return depth.cpu().numpy(), {k: v.cpu().numpy() for k, v in features.items()}
+
+
+class _OrtRunner:
+    def __init__(self, onnx_path: Path, threads: int, device: str) -> None:
+        import onnxruntime as ort
+
+        if device != "cpu":
+            raise ValueError(f"the onnxruntime FastDepth runtime runs on cpu only, not {device!r}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelFileError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+        self.onnx_path = onnx_path
+        self.threads = threads if threads > 0 else (os.cpu_count() or 1)
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        from .fastdepth import DEPTH_OUTPUT
+
+        values = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: x}), strict=True))
+        depth = values.pop(DEPTH_OUTPUT)
+        return depth, values
+
+
+def _check_onnx_file(path: Path) -> Path:
+    """An ONNX file with FastDepth's interface (input 1x3x224x224, output 'depth'), else `ModelFileError`."""
+    from .fastdepth import DEPTH_OUTPUT, INPUT_SIZE
+
+    expected = f"an ONNX export of FastDepth (input 1x3x{INPUT_SIZE}x{INPUT_SIZE}, output '{DEPTH_OUTPUT}')"
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; expected {expected}")
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        outputs = [o.name for o in model.graph.output]
+    except Exception as exc:
+        raise ModelFileError(f"model file {path} is not a readable ONNX model ({exc}); expected {expected}") from exc
+    if dims != [1, 3, INPUT_SIZE, INPUT_SIZE] or DEPTH_OUTPUT not in outputs:
+        raise ModelFileError(f"model file {path} has input {dims} and outputs {outputs}; expected {expected}")
+    return path
+
+
+def _cached_onnx(model, sha256: str) -> Path:
+    """The ONNX export of `model`, made once per model file (keyed by its sha256) and reused."""
+    from .fastdepth import DEPTH_OUTPUT, FEATURE_NAMES, INPUT_SIZE
+    from .onnx_export import export_onnx
+
+    name = f"fastdepth-{sha256[:16]}-v{EXPORT_VERSION}.onnx"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / "scale_field_ros"):
+        target = folder / name
+        if target.is_file():
+            try:
+                return _check_onnx_file(target)
+            except ModelFileError:
+                pass  # damaged cache entry: export again over it
+        try:
+            return export_onnx(model, target, (INPUT_SIZE, INPUT_SIZE), [DEPTH_OUTPUT, *FEATURE_NAMES])
+        except OSError:
+            continue  # cache folder not writable: fall back to the temp dir
+    raise ModelFileError(f"could not write the ONNX export {name} to {cache_dir()} or the temp dir")

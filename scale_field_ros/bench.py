@@ -1,0 +1,197 @@
+"""`scale-field bench`: per-stage latency, written as JSON.
+
+Each stage benchmark is a function `(BenchContext) -> dict[stage name, LatencyStats]` listed in
+`STAGE_BENCHES`; the report collects all of them under "stages_ms" next to the runtime, thread count
+and machine/software description. Timings are wall-clock per call after a warm-up, on a real frame
+from shared/data when it is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_REPEATS = 50
+WARMUP = 5
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one stage over `repeats` timed calls, milliseconds."""
+
+    median: float
+    p95: float
+    mean: float
+    min: float
+    repeats: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "median": round(self.median, 4),
+            "p95": round(self.p95, 4),
+            "mean": round(self.mean, 4),
+            "min": round(self.min, 4),
+            "repeats": self.repeats,
+        }
+
+
+def measure(fn: Callable[[], object], repeats: int = DEFAULT_REPEATS, warmup: int = WARMUP) -> LatencyStats:
+    """Call `fn` `warmup` times untimed, then `repeats` times timed one by one."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(repeats, np.float64)
+    for i in range(repeats):
+        start = time.perf_counter_ns()
+        fn()
+        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    return LatencyStats(
+        median=float(np.median(samples)),
+        p95=float(np.percentile(samples, 95)),
+        mean=float(samples.mean()),
+        min=float(samples.min()),
+        repeats=repeats,
+    )
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """What every stage benchmark gets: the loaded backbone and the input frame at the requested size."""
+
+    backbone: object  # a scale_field_ros.backbone.Backbone
+    rgb: np.ndarray  # HxWx3 uint8 at --width x --height
+    frame: object | None  # the scale_field_ros.datasets.Frame it came from, None for a synthetic image
+    repeats: int
+
+
+def bench_backbone(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """`infer` at the requested input size ("backbone") and at the network's own size ("backbone_native")."""
+    import cv2
+
+    stages = {"backbone": measure(lambda: ctx.backbone.infer(ctx.rgb), ctx.repeats)}
+    side = getattr(ctx.backbone, "input_size", None)
+    if side:
+        native = cv2.resize(ctx.rgb, (side, side), interpolation=cv2.INTER_AREA)
+        stages["backbone_native"] = measure(lambda: ctx.backbone.infer(native), ctx.repeats)
+    return stages
+
+
+# Further stages (scale field, end to end) append their benchmark functions here.
+STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [bench_backbone]
+
+
+def bench_input(width: int, height: int) -> tuple[np.ndarray, object | None, str]:
+    """A real indoor frame resized to width x height when shared/data is present, else a synthetic image."""
+    import cv2
+
+    from .datasets import load_dataset, shared_root
+
+    for name in ("nyu", "sun3d_seq"):
+        folder = shared_root() / "data" / name
+        if (folder / "manifest.json").is_file():
+            frame = load_dataset(folder).frame(0)
+            rgb = frame.rgb
+            if rgb.shape[:2] != (height, width):
+                rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+            return rgb, frame, f"{name}/{frame.frame_id}"
+    # No real data: a smooth gradient with texture, so the network does real work on it.
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin(xx / 7.0) * np.cos(yy / 9.0)], axis=2)
+    return (rgb * 255).astype(np.uint8), None, "synthetic"
+
+
+def cpu_description() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "torch", "onnxruntime", "opencv-python-headless"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def build_report(stages: dict[str, LatencyStats], **info) -> dict:
+    """The JSON report: {"stages_ms": {stage: stats}, **info, "machine": ..., "versions": ...}."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "stages_ms": {name: stats.as_dict() for name, stats in stages.items()},
+        **info,
+        "machine": {
+            "cpu": cpu_description(),
+            "cpu_count": os.cpu_count(),
+            "cpus_usable": affinity,
+            "platform": platform.platform(),
+        },
+        "versions": software_versions(),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="fastdepth", help="backbone name (default fastdepth)")
+    parser.add_argument("--model", default=None, help="model file (default shared/models/fastdepth_224.tflite)")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "onnxruntime", "torch"))
+    parser.add_argument("--device", default="cpu", help="cpu, or a torch device such as cuda")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = runtime default)")
+    parser.add_argument("--width", type=int, default=640, help="input image width (default 640)")
+    parser.add_argument("--height", type=int, default=480, help="input image height (default 480)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per stage")
+    parser.add_argument("--json", default=None, help="write the report here (default: print it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .backbone import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
+    from .backbones import load_backbone
+
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE:
+            raise ValueError(f"--{name} {value} is outside {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    backbone = load_backbone(args.backbone, args.model, args.runtime, args.threads, args.device)
+    rgb, frame, source = bench_input(args.width, args.height)
+    ctx = BenchContext(backbone=backbone, rgb=rgb, frame=frame, repeats=args.repeats)
+    stages: dict[str, LatencyStats] = {}
+    for bench in STAGE_BENCHES:
+        stages.update(bench(ctx))
+    report = build_report(
+        stages,
+        backbone=backbone.name,
+        runtime=backbone.runtime,
+        threads=getattr(backbone, "threads", args.threads),
+        device=args.device,
+        model=str(getattr(backbone, "model_path", args.model)),
+        input={"source": source, "width": args.width, "height": args.height},
+    )
+    text = json.dumps(report, indent=2)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    summary = ", ".join(f"{k} {v.median:.2f} ms (p95 {v.p95:.2f})" for k, v in stages.items())
+    print(f"{backbone.name}/{backbone.runtime} threads={report['threads']}: {summary}", file=sys.stderr)
+    if not args.json:
+        print(text)
+    return 0
