@@ -1,0 +1,195 @@
+"""Time-indexed buffer of anchor point sets (LiDAR scans, VIO landmark sets), queried by image stamp.
+
+Anchors and images arrive at different rates (a 10 Hz LiDAR, a 30 Hz camera) and out of step; every
+image takes the sets stamped within `max_age_s` of it. The buffer is bounded in time and count so it
+never grows, and it says why it refused or reset on an insert so the caller can warn once per cause.
+Thread-safe: ROS subscriptions insert while the inference thread queries.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .anchors import Anchors, anchors_from_points
+from .camera import Intrinsics, transform_points
+from .poses import PoseBuffer, camera_from_world, scan_to_image_transform
+
+
+@dataclass(frozen=True)
+class AnchorSet:
+    """One anchor message: finite Nx3 float32 points in the frame they were published in."""
+
+    stamp_s: float
+    points: np.ndarray
+    frame_id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+class InsertStatus(str, enum.Enum):
+    """What `AnchorBuffer.insert` did; everything but OK is worth a (throttled) warning."""
+
+    OK = "ok"
+    EMPTY = "empty"  # the set holds no points: not stored
+    NO_FINITE_POINTS = "no_finite_points"  # every point has NaN/inf: not stored
+    FAR_FUTURE = "far_future"  # stamped far ahead of the reference (latest image): refused
+    STAMP_BACKWARDS = "stamp_backwards"  # far older than the newest set: buffer cleared, then stored
+    INVALID_STAMP = "invalid_stamp"  # NaN/inf stamp: refused
+
+
+class AnchorBuffer:
+    """Anchor sets sorted by stamp; `query(stamp)` returns those within `max_age_s` of it, nearest first.
+
+    max_future_s: a set stamped more than this after the reference stamp is refused; it could never
+        match an image yet and would evict every valid set.
+    backwards_tolerance_s: a set older than the newest by more than this means the source restarted
+        (bag looped): the old sets belong to another timeline and are dropped.
+    retention_s: sets older than newest - retention_s are dropped (at least max_age_s plus slack).
+    max_sets: hard cap on the number of stored sets.
+    """
+
+    def __init__(
+        self,
+        max_age_s: float,
+        max_future_s: float = 1.0,
+        backwards_tolerance_s: float = 1.0,
+        retention_s: float | None = None,
+        max_sets: int = 64,
+    ) -> None:
+        if not (np.isfinite(max_age_s) and max_age_s >= 0):
+            raise ValueError(f"max_age_s must be finite and >= 0, got {max_age_s}")
+        if max_sets < 1:
+            raise ValueError(f"max_sets must be >= 1, got {max_sets}")
+        self.max_age_s = float(max_age_s)
+        self.max_future_s = float(max_future_s)
+        self.backwards_tolerance_s = float(backwards_tolerance_s)
+        self.retention_s = float(retention_s) if retention_s is not None else 2.0 * self.max_age_s + 1.0
+        self.max_sets = int(max_sets)
+        self._stamps: list[float] = []
+        self._sets: list[AnchorSet] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sets)
+
+    @property
+    def newest_stamp_s(self) -> float | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._stamps.clear()
+            self._sets.clear()
+
+    def insert(
+        self, stamp_s: float, points: np.ndarray, frame_id: str = "", reference_stamp_s: float | None = None
+    ) -> InsertStatus:
+        """Store a set of points stamped `stamp_s`; non-finite points are dropped first."""
+        pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        if len(pts) == 0:
+            return InsertStatus.EMPTY
+        pts = pts[np.all(np.isfinite(pts), axis=1)]
+        if len(pts) == 0:
+            return InsertStatus.NO_FINITE_POINTS
+        if not np.isfinite(stamp_s):
+            return InsertStatus.INVALID_STAMP
+        if reference_stamp_s is not None and stamp_s > reference_stamp_s + self.max_future_s:
+            return InsertStatus.FAR_FUTURE
+        status = InsertStatus.OK
+        with self._lock:
+            if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
+                self._stamps.clear()
+                self._sets.clear()
+                status = InsertStatus.STAMP_BACKWARDS
+            i = bisect.bisect_right(self._stamps, stamp_s)
+            self._stamps.insert(i, float(stamp_s))
+            self._sets.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id))
+            self._prune_locked()
+        return status
+
+    def _prune_locked(self) -> None:
+        oldest_kept = self._stamps[-1] - self.retention_s
+        start = bisect.bisect_left(self._stamps, oldest_kept)
+        start = max(start, len(self._stamps) - self.max_sets)
+        if start > 0:
+            del self._stamps[:start]
+            del self._sets[:start]
+
+    def query(self, stamp_s: float, max_age_s: float | None = None) -> list[AnchorSet]:
+        """Sets stamped within `max_age_s` (default: the buffer's) of `stamp_s`, nearest in time first."""
+        age = self.max_age_s if max_age_s is None else float(max_age_s)
+        with self._lock:
+            lo = bisect.bisect_left(self._stamps, stamp_s - age)
+            hi = bisect.bisect_right(self._stamps, stamp_s + age)
+            found = self._sets[lo:hi]
+        return sorted(found, key=lambda s: abs(s.stamp_s - stamp_s))
+
+
+@dataclass(frozen=True)
+class ImageAnchors:
+    """The anchors assembled for one image and what stood in the way.
+
+    problems: (cause, message) pairs for the caller's throttled warnings; cause is a stable key.
+    """
+
+    anchors: Anchors
+    n_sets: int
+    n_points: int
+    problems: tuple[tuple[str, str], ...] = ()
+
+
+def anchors_for_image(
+    sets: list[AnchorSet],
+    image_stamp_s: float,
+    intrinsics: Intrinsics,
+    T_cam_anchor: np.ndarray,
+    min_depth_m: float,
+    max_depth_m: float,
+    poses: PoseBuffer | None = None,
+    T_body_cam: np.ndarray | None = None,
+    anchors_in_world: bool = False,
+    motion_compensation: bool = True,
+) -> ImageAnchors:
+    """Bring every set into the camera at the image stamp and z-buffer them together into pixel anchors.
+
+    - anchors_in_world: sets are world-frame landmarks; the camera pose at the image stamp comes from
+      `poses` (T_world_body) and `T_body_cam`. Without a pose there are no anchors for this image.
+    - otherwise sets are in the anchor frame (`T_cam_anchor`); with `poses` and motion_compensation each
+      set is moved from its own stamp to the image stamp (a set without poses is used as is).
+    """
+    T_body_cam = np.eye(4) if T_body_cam is None else T_body_cam
+    problems: list[tuple[str, str]] = []
+    clouds: list[np.ndarray] = []
+    have_poses = poses is not None and len(poses) > 0
+    T_wb_image = poses.lookup(image_stamp_s) if have_poses else None
+    if (anchors_in_world or (motion_compensation and have_poses)) and sets and T_wb_image is None:
+        why = "no odometry received" if not have_poses else "odometry does not cover the image stamp"
+        problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s)"))
+    for s in sets:
+        if anchors_in_world:
+            if T_wb_image is None:
+                continue
+            T = camera_from_world(T_wb_image, T_body_cam)
+        elif motion_compensation and T_wb_image is not None and s.stamp_s != image_stamp_s:
+            T_wb_set = poses.lookup(s.stamp_s)
+            if T_wb_set is None:
+                problems.append(("odom_missing", f"odometry does not cover the anchor stamp {s.stamp_s:.3f} s"))
+                T = T_cam_anchor
+            else:
+                T = scan_to_image_transform(T_wb_set, T_wb_image, T_body_cam, T_cam_anchor)
+        else:
+            T = T_cam_anchor
+        clouds.append(transform_points(T, s.points.astype(np.float64)))
+    if not clouds:
+        return ImageAnchors(Anchors.empty(), 0, 0, tuple(problems))
+    pts_cam = np.concatenate(clouds)
+    anchors = anchors_from_points(pts_cam, np.eye(4), intrinsics, min_depth_m, max_depth_m)
+    return ImageAnchors(anchors, len(clouds), len(pts_cam), tuple(problems))

@@ -1,0 +1,531 @@
+"""`scale_field_node`: the ROS 2 node robots run, a thin shell around the one `Pipeline` the CLI also uses.
+
+Threads: subscriptions and diagnostics run in a reentrant callback group and only decode and buffer;
+inference runs in its own mutually exclusive group, woken by a guard condition, under a
+MultiThreadedExecutor, so anchors, odometry and camera_info keep arriving while a frame is processed.
+Images go through a queue of one: an image that arrives while another waits replaces it, so under load
+the newest image is processed and there is never a backlog.
+
+Topics (node-relative; remap in the launch file): see README / the module constants below.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from .. import msg_codec
+from ..anchor_buffer import AnchorBuffer, InsertStatus, anchors_for_image
+from ..camera import Intrinsics
+from ..pipeline import Pipeline, PipelineConfig
+from ..poses import PoseBuffer
+from . import conversions as conv
+from .params import NodeSettings, apply_changes, declare_parameters, settings_from_values
+
+NODE_NAME = "scale_field_node"
+# Input topics
+TOPIC_IMAGE = "image"
+TOPIC_IMAGE_COMPRESSED = "image/compressed"
+TOPIC_CAMERA_INFO = "camera_info"
+TOPIC_ANCHORS = "anchors"
+TOPIC_ODOM = "odom"
+# Output topics
+TOPIC_DEPTH = "metric_depth"
+TOPIC_DEPTH_INFO = "metric_depth/camera_info"
+TOPIC_POINTS = "metric_depth/points"
+TOPIC_CONFIDENCE = "metric_depth/confidence"
+TOPIC_SCALE_FIELD = "scale_field"
+TOPIC_DIAGNOSTICS = "/diagnostics"
+
+IMAGE_BACKWARDS_TOLERANCE_S = 0.5
+ASPECT_TOLERANCE = 0.01  # relative: camera_info of another size is scaled only when the aspect ratio matches
+
+
+class WarnThrottle:
+    """Warn once per cause, then at most once per `period_s` for that cause; counts every occurrence."""
+
+    def __init__(self, logger, period_s: float) -> None:
+        self._logger = logger
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self.counts: dict[str, int] = {}  # occurrences per cause
+        self.emitted: dict[str, int] = {}  # log lines per cause
+        self._lock = threading.Lock()
+
+    def __call__(self, cause: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.counts[cause] = self.counts.get(cause, 0) + 1
+            last = self._last.get(cause)
+            if last is not None and now - last < self.period_s:
+                return
+            self._last[cause] = now
+            self.emitted[cause] = self.emitted.get(cause, 0) + 1
+            n = self.counts[cause]
+        self._logger.warning(f"[{cause}] {message}" + (f" ({n} times so far)" if n > 1 else ""))
+
+
+class RateCounter:
+    """Events per second over the last diagnostics period."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._t = time.monotonic()
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._n += 1
+
+    def rate_hz(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            rate = self._n / max(now - self._t, 1e-9)
+            self._n, self._t = 0, now
+        return rate
+
+
+@dataclass
+class FrameStats:
+    """What the last processed frame did, for diagnostics."""
+
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=100))
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    history: deque = field(default_factory=lambda: deque(maxlen=1000))  # (stamp_s, latency_ms, stages_ms)
+    n_anchors: int = 0
+    n_anchor_sets: int = 0
+    fit_level: str = ""
+    rms_residual: float = 0.0
+    fallback_reason: str = ""
+    coasting: bool = False
+    coast_duration_s: float = 0.0
+    coast_exceeded: bool = False
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    frames_failed: int = 0
+
+
+@dataclass
+class _PendingImage:
+    msg: object
+    received_ns: int
+
+
+class ScaleFieldNode(Node):
+    """Metric depth from images and sparse anchors (see module docstring)."""
+
+    def __init__(self, backbone=None, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._values = declare_parameters(self)
+        settings, config = settings_from_values(self._values)  # ValueError with every reason: refuse to start
+        self.settings: NodeSettings = settings
+        self.warn = WarnThrottle(self.get_logger(), settings.warn_period)
+        if backbone is None:
+            from ..backbones import load_backbone
+
+            backbone = load_backbone(
+                settings.backbone, settings.model_path, settings.runtime, settings.threads, settings.device
+            )
+        self.backbone = backbone
+        self.pipeline = Pipeline(backbone, config)
+        self.config = config
+        self._pending_config: PipelineConfig | None = None
+        self._config_lock = threading.Lock()
+
+        self.anchor_buffer = AnchorBuffer(settings.anchor_max_age, max_future_s=settings.anchor_max_future)
+        self.pose_buffer = PoseBuffer(max_extrapolation_s=settings.odom_max_extrapolation)
+        self._camera_info: tuple[Intrinsics, bool] | None = None  # (intrinsics, distorted)
+        self._slot: _PendingImage | None = None
+        self._slot_lock = threading.Lock()
+        self._latest_image_stamp_s: float | None = None  # reference for far-future anchors
+        self._last_processed_stamp_s: float | None = None
+        self._coast_since_s: float | None = None
+        self.stats = FrameStats()
+        self.rates = {k: RateCounter() for k in ("image_in", "anchors_in", "odom_in", "depth_out")}
+
+        self._input_group = ReentrantCallbackGroup()
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        qin = conv.input_qos(settings.input_reliability, settings.input_queue_depth)
+        qout = conv.output_qos(settings.output_queue_depth)
+        if settings.use_compressed:
+            self.create_subscription(
+                CompressedImage, TOPIC_IMAGE_COMPRESSED, self._on_image, qin, callback_group=self._input_group
+            )
+        else:
+            self.create_subscription(Image, TOPIC_IMAGE, self._on_image, qin, callback_group=self._input_group)
+        self.create_subscription(
+            CameraInfo, TOPIC_CAMERA_INFO, self._on_camera_info, qin, callback_group=self._input_group
+        )
+        self.create_subscription(PointCloud2, TOPIC_ANCHORS, self._on_anchors, qin, callback_group=self._input_group)
+        self.create_subscription(Odometry, TOPIC_ODOM, self._on_odom, qin, callback_group=self._input_group)
+
+        self.pub_depth = self.create_publisher(Image, TOPIC_DEPTH, qout)
+        self.pub_info = self.create_publisher(CameraInfo, TOPIC_DEPTH_INFO, qout)
+        self.pub_points = self.create_publisher(PointCloud2, TOPIC_POINTS, qout)
+        self.pub_confidence = self.create_publisher(Image, TOPIC_CONFIDENCE, qout)
+        self.pub_scale = self.create_publisher(Image, TOPIC_SCALE_FIELD, qout)
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, 10)
+
+        self._wake = self.create_guard_condition(self._process_latest, callback_group=self._inference_group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=self._input_group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.get_logger().info(
+            f"ready: backbone {getattr(backbone, 'name', '?')} on {getattr(backbone, 'runtime', '?')}, "
+            f"input QoS {settings.input_reliability}, anchors {'world' if settings.anchors_in_world else 'sensor'}"
+            f" frame, filter {'on' if config.filter.enabled else 'off'}"
+        )
+
+    # ---------------------------------------------------------------- parameters
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        try:
+            values, settings, config = apply_changes(self._values, params)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self._values = values
+        self.settings = settings
+        self.warn.period_s = settings.warn_period
+        self.anchor_buffer.max_age_s = settings.anchor_max_age
+        self.anchor_buffer.max_future_s = settings.anchor_max_future
+        self.pose_buffer.max_extrapolation_s = settings.odom_max_extrapolation
+        if config != self.config:
+            with self._config_lock:
+                self._pending_config = config  # swapped in by the inference thread between frames
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------- inputs (fast: decode and buffer only)
+
+    def _on_image(self, msg) -> None:
+        received = time.perf_counter_ns()
+        self.rates["image_in"].tick()
+        self._latest_image_stamp_s = conv.stamp_to_s(msg.header.stamp)
+        with self._slot_lock:
+            if self._slot is not None:
+                self.stats.frames_dropped += 1  # replaced before it was processed: queue of one
+            self._slot = _PendingImage(msg, received)
+        self._wake.trigger()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
+            distorted = msg_codec.camera_info_msg_is_distorted(msg)
+        except (msg_codec.MessageError, ValueError) as exc:
+            self.warn("bad_camera_info", f"camera_info refused: {exc}")
+            return
+        if distorted:
+            self.warn("distorted_camera_info", "camera_info has distortion; the node assumes rectified images")
+        self._camera_info = (intrinsics, distorted)
+
+    def _on_anchors(self, msg: PointCloud2) -> None:
+        self.rates["anchors_in"].tick()
+        try:
+            decoded = msg_codec.pointcloud2_msg_decode(msg)
+        except (msg_codec.MessageError, ValueError) as exc:
+            self.warn("bad_anchor_cloud", f"anchor cloud refused: {exc}")
+            return
+        stamp = conv.stamp_to_s(msg.header.stamp)
+        n_total = len(decoded.points) + decoded.n_nonfinite
+        if len(decoded.points) == 0:  # the codec already dropped non-finite points: say which case it was
+            status = InsertStatus.NO_FINITE_POINTS if decoded.n_nonfinite else InsertStatus.EMPTY
+        else:
+            status = self.anchor_buffer.insert(
+                stamp, decoded.points, msg.header.frame_id, reference_stamp_s=self._latest_image_stamp_s
+            )
+        if status is InsertStatus.OK:
+            return
+        text = {
+            InsertStatus.EMPTY: "anchor cloud is empty",
+            InsertStatus.NO_FINITE_POINTS: f"anchor cloud has no finite points (all {n_total} are NaN/inf)",
+            InsertStatus.INVALID_STAMP: "anchor cloud stamp is not finite",
+            InsertStatus.FAR_FUTURE: f"anchor cloud stamped {stamp:.3f} s is more than "
+            f"{self.anchor_buffer.max_future_s} s after the latest image ({self._latest_image_stamp_s}); refused",
+            InsertStatus.STAMP_BACKWARDS: f"anchor stamps went backwards (to {stamp:.3f} s): older anchors dropped",
+        }[status]
+        self.warn(f"anchors_{status.value}", text)
+
+    def _on_odom(self, msg: Odometry) -> None:
+        self.rates["odom_in"].tick()
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        try:
+            T = msg_codec.pose_to_transform((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+        except (msg_codec.MessageError, ValueError) as exc:
+            self.warn("bad_odom", f"odometry refused: {exc}")
+            return
+        if not np.all(np.isfinite(T)):
+            self.warn("bad_odom", "odometry refused: pose holds NaN or inf")
+            return
+        if not self.pose_buffer.insert(conv.stamp_to_s(msg.header.stamp), T):
+            self.warn("odom_backwards", "odometry stamps went backwards: older poses dropped")
+
+    # ---------------------------------------------------------------- inference
+
+    def _take_latest(self) -> _PendingImage | None:
+        with self._slot_lock:
+            pending, self._slot = self._slot, None
+        return pending
+
+    def _process_latest(self) -> None:
+        pending = self._take_latest()
+        if pending is None:
+            return
+        try:
+            self._process(pending)
+        except Exception as exc:  # noqa: BLE001 - the node must outlive any single bad frame
+            self.stats.frames_failed += 1
+            self.warn("processing_failed", f"frame dropped: {type(exc).__name__}: {exc}")
+
+    def _swap_config(self) -> None:
+        with self._config_lock:
+            config, self._pending_config = self._pending_config, None
+        if config is not None:
+            self.pipeline = Pipeline(self.backbone, config)
+            self.config = config
+            self._coast_since_s = None
+
+    def _process(self, pending: _PendingImage) -> None:
+        self._swap_config()
+        settings = self.settings
+        msg = pending.msg
+        t0 = time.perf_counter_ns()
+        stamp = conv.stamp_to_s(msg.header.stamp)
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = msg_codec.compressed_msg_to_rgb8(msg)
+            else:
+                rgb = msg_codec.image_msg_to_rgb8(msg)
+        except (msg_codec.MessageError, ValueError) as exc:
+            self.warn("bad_image", f"image refused: {exc}")
+            return
+        h, w = rgb.shape[:2]
+        intrinsics = self._intrinsics_for(w, h)
+        if intrinsics is None:
+            return
+        if (
+            self._last_processed_stamp_s is not None
+            and stamp < self._last_processed_stamp_s - IMAGE_BACKWARDS_TOLERANCE_S
+        ):
+            self.warn(
+                "image_stamp_backwards",
+                f"image stamps went back from {self._last_processed_stamp_s:.3f} to "
+                f"{stamp:.3f} s (bag looped?): temporal filter and buffers reset",
+            )
+            self.pipeline.reset()
+            self.pose_buffer.clear()
+            self._coast_since_s = None
+        self._last_processed_stamp_s = stamp
+        t1 = time.perf_counter_ns()
+
+        found = anchors_for_image(
+            self.anchor_buffer.query(stamp),
+            stamp,
+            intrinsics,
+            settings.T_cam_anchor,
+            self.config.min_depth_m,
+            self.config.max_depth_m,
+            poses=self.pose_buffer,
+            T_body_cam=settings.T_body_cam,
+            anchors_in_world=settings.anchors_in_world,
+            motion_compensation=settings.motion_compensation,
+        )
+        for cause, text in found.problems:
+            self.warn(cause, text)
+        t2 = time.perf_counter_ns()
+
+        result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp)
+        t3 = time.perf_counter_ns()
+
+        coast_exceeded = self._track_coasting(result.coasting, stamp)
+        std_m = result.std_m
+        if coast_exceeded:
+            # coasting past the limit: at least 100 % relative uncertainty, so nothing downstream trusts it
+            std_m = np.maximum(std_m, result.depth_m)
+        if not (np.all(np.isfinite(result.depth_m)) and np.all(np.isfinite(std_m))):
+            self.warn("non_finite_output", "pipeline produced NaN/inf depth; frame not published")
+            self.stats.frames_failed += 1
+            return
+        self._publish(msg.header, rgb, intrinsics, result.depth_m, std_m, result.scale_field, settings)
+        t4 = time.perf_counter_ns()
+
+        ms = 1e-6
+        s = self.stats
+        s.latency_ms.append((t4 - pending.received_ns) * ms)
+        s.stages_ms = {
+            "queue": (t0 - pending.received_ns) * ms,
+            "decode": (t1 - t0) * ms,
+            "anchors": (t2 - t1) * ms,
+            **{f"pipeline.{k}": float(v) for k, v in _timings_dict(result.timings_ms).items()},
+            "pipeline_wall": (t3 - t2) * ms,
+            "publish": (t4 - t3) * ms,
+        }
+        s.history.append((stamp, s.latency_ms[-1], s.stages_ms))
+        s.n_anchors = int(result.fit.n_anchors)
+        s.n_anchor_sets = found.n_sets
+        s.fit_level = getattr(result.fit.level, "value", str(result.fit.level))
+        s.rms_residual = float(result.fit.rms_residual)
+        s.fallback_reason = result.fit.fallback_reason
+        s.coasting = bool(result.coasting)
+        s.coast_exceeded = coast_exceeded
+        s.frames_processed += 1
+        self.rates["depth_out"].tick()
+
+    def _intrinsics_for(self, w: int, h: int) -> Intrinsics | None:
+        """Latest camera_info at the image's size; None (after a warning) when there is none or it cannot fit."""
+        info = self._camera_info
+        if info is None:
+            self.warn("no_camera_info", "no camera_info received yet; image skipped")
+            return None
+        intrinsics = info[0]
+        if (intrinsics.width, intrinsics.height) == (w, h):
+            return intrinsics
+        aspect_info = intrinsics.width / intrinsics.height
+        if abs(w / h - aspect_info) > ASPECT_TOLERANCE * aspect_info:
+            self.warn(
+                "camera_info_size",
+                f"camera_info is {intrinsics.width}x{intrinsics.height} but the image is "
+                f"{w}x{h} with another aspect ratio; image skipped",
+            )
+            return None
+        self.warn(
+            "camera_info_scaled",
+            f"camera_info is {intrinsics.width}x{intrinsics.height}, the image {w}x{h}: intrinsics scaled to the image",
+        )
+        return intrinsics.scaled_to(w, h)
+
+    def _track_coasting(self, coasting: bool, stamp: float) -> bool:
+        if not coasting:
+            self._coast_since_s = None
+            self.stats.coast_duration_s = 0.0
+            return False
+        if self._coast_since_s is None:
+            self._coast_since_s = stamp
+        self.stats.coast_duration_s = max(0.0, stamp - self._coast_since_s)
+        if self.stats.coast_duration_s > self.config.filter.max_coast_s:
+            self.warn(
+                "coasting",
+                f"no usable anchors for {self.stats.coast_duration_s:.1f} s "
+                f"(limit {self.config.filter.max_coast_s} s): confidence marked low",
+            )
+            return True
+        return False
+
+    def _publish(self, header, rgb, intrinsics, depth_m, std_m, scale_field, settings: NodeSettings) -> None:
+        out_header = conv.header_from(header)
+        self.pub_depth.publish(conv.float_image_msg(depth_m, out_header))
+        self.pub_info.publish(conv.camera_info_msg(intrinsics, out_header))
+        self.pub_confidence.publish(conv.float_image_msg(std_m, out_header))
+        self.pub_scale.publish(conv.float_image_msg(scale_field, out_header))
+        if self.pub_points.get_subscription_count() > 0:
+            points, colours = decimated_points(depth_m, rgb, intrinsics, settings.point_decimation)
+            self.pub_points.publish(conv.xyzrgb_cloud_msg(points, colours, out_header))
+
+    # ---------------------------------------------------------------- diagnostics
+
+    def diagnostics_status(self) -> DiagnosticStatus:
+        s = self.stats
+        rates = {k: r.rate_hz() for k, r in self.rates.items()}
+        lat = np.asarray(s.latency_ms, np.float64)
+        values = {
+            "runtime": str(getattr(self.backbone, "runtime", "")),
+            "backbone": str(getattr(self.backbone, "name", "")),
+            "input_rate_hz": f"{rates['image_in']:.2f}",
+            "anchor_rate_hz": f"{rates['anchors_in']:.2f}",
+            "odom_rate_hz": f"{rates['odom_in']:.2f}",
+            "output_rate_hz": f"{rates['depth_out']:.2f}",
+            "latency_median_ms": f"{np.median(lat):.1f}" if lat.size else "",
+            "latency_p95_ms": f"{np.percentile(lat, 95):.1f}" if lat.size else "",
+            "anchors_used": str(s.n_anchors),
+            "anchor_sets": str(s.n_anchor_sets),
+            "fit_level": s.fit_level,
+            "fit_rms_residual": f"{s.rms_residual:.3f}",
+            "fallback_reason": s.fallback_reason,
+            "coasting": str(s.coasting).lower(),
+            "coast_duration_s": f"{s.coast_duration_s:.2f}",
+            "coast_exceeded": str(s.coast_exceeded).lower(),
+            "filter": "on" if self.config.filter.enabled else "off",
+            "frames_processed": str(s.frames_processed),
+            "frames_dropped": str(s.frames_dropped),
+            "frames_failed": str(s.frames_failed),
+            **{f"stage_ms.{k}": f"{v:.2f}" for k, v in s.stages_ms.items()},
+            **{f"warnings.{k}": str(n) for k, n in sorted(self.warn.counts.items())},
+        }
+        if s.frames_processed == 0:
+            level, message = DiagnosticStatus.WARN, "no metric depth published yet"
+        elif s.coast_exceeded:
+            level, message = DiagnosticStatus.WARN, f"coasting without anchors for {s.coast_duration_s:.1f} s"
+        elif s.coasting:
+            level, message = DiagnosticStatus.OK, "coasting without anchors"
+        else:
+            level, message = DiagnosticStatus.OK, f"{s.n_anchors} anchors, fit {s.fit_level}"
+        return DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: metric depth",
+            message=message,
+            hardware_id=self.get_name(),
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [self.diagnostics_status()]
+        self.pub_diag.publish(arr)
+
+
+def _timings_dict(timings) -> dict[str, float]:
+    if hasattr(timings, "__dataclass_fields__"):
+        return {k: getattr(timings, k) for k in timings.__dataclass_fields__}
+    return dict(timings)
+
+
+def decimated_points(
+    depth_m: np.ndarray, rgb: np.ndarray, intrinsics: Intrinsics, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every `step`-th pixel of the depth unprojected (Nx3 float32 metres) with its colour (Nx3 uint8).
+
+    Pixel (step*i, step*j) of the full image is pixel (i, j) of a camera with fx/step, cx/step, ...,
+    so the one unprojection in `Intrinsics` serves the decimated grid.
+    """
+    sub = depth_m[::step, ::step]
+    k = intrinsics
+    grid = Intrinsics(k.fx / step, k.fy / step, k.cx / step, k.cy / step, sub.shape[1], sub.shape[0])
+    points = grid.unproject(np.ascontiguousarray(sub)).reshape(-1, 3)
+    colours = rgb[::step, ::step].reshape(-1, 3)
+    return points, colours
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = ScaleFieldNode()
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"{NODE_NAME}: refusing to start: {exc}", flush=True)
+            return 2
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

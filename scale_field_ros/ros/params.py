@@ -1,0 +1,310 @@
+"""The node's parameters: one table of specs, read by the node (declare, validate), by tests and by docs.
+
+Node-only parameters are listed in `NODE_PARAMS` with their ranges. Pipeline parameters are derived from
+`PipelineConfig` itself (flat dotted keys such as `solver.huber_k`, the keys `PipelineConfig.from_dict`
+takes), so a field added to the pipeline becomes a ROS parameter without a second list of defaults;
+`PIPELINE_OVERRIDES` adds descriptions, ranges and the node's own defaults (the filter is on in the node).
+Validation is pure (`check_value`, `settings_from_values`) so it runs the same at start and on change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..camera import as_transform
+from ..pipeline import PipelineConfig
+
+IDENTITY_16 = tuple(float(x) for x in np.eye(4).ravel())
+RUNTIME_CHOICES = ("auto", "tensorrt", "torch", "onnxruntime")
+RELIABILITY_CHOICES = ("best_effort", "reliable")
+
+Value = bool | int | float | str | tuple
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter: name, default (its type is the parameter's type), meaning and allowed values.
+
+    read_only: only read at start (model, topics, QoS); ROS refuses changes to it at run time.
+    pipeline: part of `PipelineConfig` (passed to `PipelineConfig.from_dict`).
+    """
+
+    name: str
+    default: Value
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+    pipeline: bool = False
+
+    @property
+    def kind(self) -> str:
+        return _kind(self.default)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (tuple, list)):
+        if value and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            return "int_array"
+        if value and all(isinstance(x, str) for x in value):
+            return "string_array"
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            return "double_array"
+        return "mixed_array"
+    raise TypeError(f"unsupported parameter value {value!r}")
+
+
+NODE_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("backbone", "fastdepth", "relative-depth network", read_only=True),
+    ParamSpec("model_path", "", "model file; empty: the backbone's default model", read_only=True),
+    ParamSpec("runtime", "auto", "inference runtime", choices=RUNTIME_CHOICES, read_only=True),
+    ParamSpec("device", "cpu", "inference device: cpu, or a torch device such as cuda", read_only=True),
+    ParamSpec("threads", 0, "inference threads; 0: the runtime's default", min=0, max=256, read_only=True),
+    ParamSpec(
+        "use_compressed", False, "subscribe to image/compressed (CompressedImage) instead of image", read_only=True
+    ),
+    ParamSpec(
+        "input_reliability",
+        "best_effort",
+        "QoS reliability of the subscriptions; best_effort matches sensor drivers, reliable matches "
+        "reliable publishers across processes for large images",
+        choices=RELIABILITY_CHOICES,
+        read_only=True,
+    ),
+    ParamSpec("input_queue_depth", 5, "KEEP_LAST depth of the subscriptions", min=1, max=100, read_only=True),
+    ParamSpec("output_queue_depth", 2, "KEEP_LAST depth of the (reliable) publishers", min=1, max=100, read_only=True),
+    ParamSpec(
+        "T_cam_anchor",
+        IDENTITY_16,
+        "anchor frame -> camera optical frame, 16 row-major values; identity: anchors already in the camera frame",
+    ),
+    ParamSpec(
+        "anchors_in_world",
+        False,
+        "anchors are world-frame landmarks (VIO), brought into the camera with odom and T_body_cam",
+    ),
+    ParamSpec("T_body_cam", IDENTITY_16, "camera optical frame -> odometry body frame, 16 row-major values"),
+    ParamSpec("motion_compensation", True, "with odometry, move each anchor set from its own stamp to the image stamp"),
+    ParamSpec(
+        "anchor_max_age", 0.06, "use anchor sets stamped within this many seconds of the image", min=0.0, max=10.0
+    ),
+    ParamSpec(
+        "anchor_max_future", 1.0, "refuse anchor sets stamped this far (s) after the latest image", min=0.0, max=3600.0
+    ),
+    ParamSpec(
+        "odom_max_extrapolation",
+        0.1,
+        "use the nearest odometry pose up to this far (s) outside the buffer",
+        min=0.0,
+        max=10.0,
+    ),
+    ParamSpec(
+        "point_decimation", 4, "publish every n-th pixel (in rows and columns) in metric_depth/points", min=1, max=64
+    ),
+    ParamSpec("warn_period", 10.0, "seconds between repeats of one warning cause", min=0.1, max=3600.0),
+)
+
+# Descriptions, ranges and node defaults for pipeline keys; keys missing from PipelineConfig are ignored.
+PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "min_depth_m": dict(description="nearest metric depth published (m)", min=0.0, max=1000.0),
+    "max_depth_m": dict(
+        description="farthest metric depth published (m); anchors beyond are ignored", min=0.0, max=1000.0
+    ),
+    "filter.enabled": dict(default=True, description="temporal Kalman filter on the scale-field weights"),
+    "filter.process_noise": dict(
+        description="std of the weights' random walk after 1 s, as a fraction of their prior std", min=0.0, max=100.0
+    ),
+    "filter.max_coast_s": dict(
+        description="coasting (no usable anchors) longer than this is flagged (s)", min=0.0, max=3600.0
+    ),
+    "filter.reset_nis_threshold": dict(
+        description="reset the filter when NIS per degree of freedom exceeds this", min=0.0, max=1e9
+    ),
+    "filter.backwards_tolerance_s": dict(
+        description="reset when a stamp goes back by more than this (s)", min=0.0, max=3600.0
+    ),
+}
+
+
+def _ros_value(value: Any) -> Value:
+    """A dataclass default as a ROS parameter value (enums as their string value, sequences as tuples)."""
+    if isinstance(value, enum.Enum):
+        return _ros_value(value.value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return tuple(x.item() if isinstance(x, np.generic) else x for x in value)
+    raise TypeError(f"pipeline default {value!r} has no ROS parameter type")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def pipeline_param_specs() -> tuple[ParamSpec, ...]:
+    specs = []
+    for key, value in _flatten(PipelineConfig()).items():
+        extra = dict(PIPELINE_OVERRIDES.get(key, {}))
+        default = extra.pop("default", _ros_value(value))
+        description = extra.pop("description", f"pipeline setting {key}")
+        specs.append(ParamSpec(key, default, description, pipeline=True, **extra))
+    return tuple(specs)
+
+
+def all_param_specs() -> tuple[ParamSpec, ...]:
+    return NODE_PARAMS + pipeline_param_specs()
+
+
+def check_value(spec: ParamSpec, value: Any) -> str:
+    """'' when `value` is acceptable for `spec`, else the reason it is not."""
+    kind = spec.kind
+    got = _kind(value) if isinstance(value, (bool, int, float, str, tuple, list)) else type(value).__name__
+    if kind == "double" and got == "int":
+        value, got = float(value), "double"
+    if kind == "double_array" and got == "int_array":
+        got = "double_array"
+    if kind.endswith("_array") and got.endswith("_array") and len(value) == 0:
+        got = kind  # an empty list carries no element type
+    if got != kind:
+        return f"{spec.name} must be a {kind}, got {got} {value!r}"
+    if kind in ("int", "double"):
+        if not math.isfinite(value):
+            return f"{spec.name} must be finite, got {value}"
+        if spec.min is not None and value < spec.min:
+            return f"{spec.name} must be >= {spec.min}, got {value}"
+        if spec.max is not None and value > spec.max:
+            return f"{spec.name} must be <= {spec.max}, got {value}"
+    if spec.choices and value not in spec.choices:
+        return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    if spec.name.startswith("T_"):
+        try:
+            as_transform(value, spec.name)
+        except ValueError as exc:
+            return str(exc)
+    return ""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Typed node-only settings (the pipeline's live in `PipelineConfig`)."""
+
+    backbone: str
+    model_path: Path | None
+    runtime: str
+    device: str
+    threads: int
+    use_compressed: bool
+    input_reliability: str
+    input_queue_depth: int
+    output_queue_depth: int
+    T_cam_anchor: np.ndarray
+    anchors_in_world: bool
+    T_body_cam: np.ndarray
+    motion_compensation: bool
+    anchor_max_age: float
+    anchor_max_future: float
+    odom_max_extrapolation: float
+    point_decimation: int
+    warn_period: float
+
+
+def settings_from_values(values: dict[str, Any]) -> tuple[NodeSettings, PipelineConfig]:
+    """Validate a complete set of parameter values; raises ValueError with every reason found."""
+    specs = {s.name: s for s in all_param_specs()}
+    reasons = [r for name, spec in specs.items() if (r := check_value(spec, values.get(name, spec.default)))]
+    unknown = sorted(set(values) - set(specs))
+    if unknown:
+        reasons.append(f"unknown parameters: {', '.join(unknown)}")
+    if reasons:
+        raise ValueError("; ".join(reasons))
+    merged = {name: values.get(name, spec.default) for name, spec in specs.items()}
+    for name, spec in specs.items():
+        if spec.kind == "double":
+            merged[name] = float(merged[name])
+        elif spec.kind == "double_array":
+            merged[name] = tuple(float(x) for x in merged[name])
+    pipeline = {name: merged[name] for name, spec in specs.items() if spec.pipeline}
+    config = PipelineConfig.from_dict(pipeline)  # raises ValueError with its own reason (e.g. depth range)
+    node = {name: merged[name] for name, spec in specs.items() if not spec.pipeline}
+    node["model_path"] = Path(node["model_path"]).expanduser() if node["model_path"] else None
+    node["T_cam_anchor"] = as_transform(node["T_cam_anchor"], "T_cam_anchor")
+    node["T_body_cam"] = as_transform(node["T_body_cam"], "T_body_cam")
+    return NodeSettings(**node), config
+
+
+# --- rclpy side -------------------------------------------------------------------------------------------------
+
+
+def descriptor(spec: ParamSpec):
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+    types = {
+        "bool": ParameterType.PARAMETER_BOOL,
+        "int": ParameterType.PARAMETER_INTEGER,
+        "double": ParameterType.PARAMETER_DOUBLE,
+        "string": ParameterType.PARAMETER_STRING,
+        "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY,
+        "int_array": ParameterType.PARAMETER_INTEGER_ARRAY,
+        "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+    }
+    text = spec.description
+    if spec.choices:
+        text += f" (one of: {', '.join(spec.choices)})"
+    d = ParameterDescriptor(name=spec.name, type=types[spec.kind], description=text, read_only=spec.read_only)
+    if spec.kind == "int" and (spec.min is not None or spec.max is not None):
+        d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=0)]
+    if spec.kind == "double" and (spec.min is not None or spec.max is not None):
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+    if spec.kind == "double_array":
+        d.additional_constraints = "16 values, row-major 4x4 rigid transform" if spec.name.startswith("T_") else ""
+    return d
+
+
+def declare_parameters(node) -> dict[str, Any]:
+    """Declare every parameter on `node` (overrides from a params file apply) and return the values."""
+    values = {}
+    for spec in all_param_specs():
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        param = node.declare_parameter(spec.name, default, descriptor(spec))
+        values[spec.name] = _plain(param.value)
+    return values
+
+
+def _plain(value: Any) -> Any:
+    """rclpy parameter values (lists, array.array) -> tuples of Python scalars, as in the spec table."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    return tuple(x.item() if isinstance(x, np.generic) else x for x in value)
+
+
+def apply_changes(current: dict[str, Any], params) -> tuple[dict[str, Any], NodeSettings, PipelineConfig]:
+    """Values after a set-parameters request, validated as a whole; raises ValueError with the reason."""
+    updated = dict(current)
+    for p in params:
+        updated[p.name] = _plain(p.value)
+    settings, config = settings_from_values(updated)
+    return updated, settings, config

@@ -1,0 +1,122 @@
+"""Parameters: config/params.yaml matches the node's table; bad values are refused with their reason,
+at start and on change; the params file loads through rclpy's own parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from node_harness import domain_id
+
+from scale_field_ros.ros.params import all_param_specs, check_value, settings_from_values
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.parameter import Parameter  # noqa: E402
+
+from scale_field_ros.ros.node import ScaleFieldNode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE = ROOT / "config" / "params.yaml"
+pytestmark = pytest.mark.ros
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+class _NullBackbone:
+    """Parameter tests never run inference; the node only needs something to hold."""
+
+    name = "none"
+    runtime = "none"
+
+    def infer(self, rgb):  # pragma: no cover - never called here
+        raise AssertionError("inference in a parameter test")
+
+
+@pytest.fixture(scope="module")
+def context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain_id(11))
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def test_params_file_lists_every_parameter_with_its_default():
+    values = _flatten(yaml.safe_load(PARAMS_FILE.read_text())["scale_field_node"]["ros__parameters"])
+    specs = {s.name: s for s in all_param_specs()}
+    assert set(values) == set(specs)
+    for name, spec in specs.items():
+        assert values[name] == spec.default, name
+        assert check_value(spec, spec.default) == ""
+    settings, config = settings_from_values(values)
+    assert config.filter.enabled  # the node filters by default; evaluation does not
+    np.testing.assert_array_equal(settings.T_cam_anchor, np.eye(4))
+
+
+def test_bad_values_are_refused_with_reasons():
+    specs = {s.name: s for s in all_param_specs()}
+    assert "one of" in check_value(specs["runtime"], "tensorflow")
+    assert ">= 1" in check_value(specs["point_decimation"], 0)
+    assert "16 values" in check_value(specs["T_cam_anchor"], (1.0, 0.0))
+    assert "rotation" in check_value(specs["T_body_cam"], tuple(np.diag([1.0, 1.0, -1.0, 1.0]).ravel()))
+    assert "must be a double" in check_value(specs["anchor_max_age"], "soon")
+    with pytest.raises(ValueError, match="min_depth_m"):
+        settings_from_values({"min_depth_m": 20.0, "max_depth_m": 10.0})
+    with pytest.raises(ValueError, match="unknown"):
+        settings_from_values({"no_such_parameter": 1})
+
+
+def test_node_loads_params_file_and_declares_descriptors(context):
+    ctx = rclpy.Context()
+    args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "point_decimation:=8"]
+    rclpy.init(context=ctx, args=args, domain_id=domain_id(12))
+    try:
+        node = ScaleFieldNode(backbone=_NullBackbone(), context=ctx)
+        assert node.settings.point_decimation == 8
+        assert node.config.filter.enabled
+        d = node.describe_parameter("anchor_max_age")
+        assert d.description and d.floating_point_range[0].to_value == 10.0
+        assert node.describe_parameter("runtime").read_only
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+def test_start_with_bad_value_is_refused(context):
+    with pytest.raises(ValueError, match="T_cam_anchor"):
+        ScaleFieldNode(
+            backbone=_NullBackbone(), context=context, parameter_overrides=[Parameter("T_cam_anchor", value=[1.0] * 16)]
+        )
+    with pytest.raises(ValueError, match="min_depth_m"):
+        ScaleFieldNode(
+            backbone=_NullBackbone(),
+            context=context,
+            parameter_overrides=[Parameter("min_depth_m", value=50.0), Parameter("max_depth_m", value=10.0)],
+        )
+
+
+def test_changes_are_validated(context):
+    node = ScaleFieldNode(backbone=_NullBackbone(), context=context)
+    try:
+        bad = node.set_parameters([Parameter("max_depth_m", value=0.05)])[0]
+        assert not bad.successful and "min_depth_m" in bad.reason
+        bad = node.set_parameters([Parameter("T_cam_anchor", value=[2.0] * 16)])[0]
+        assert not bad.successful and "T_cam_anchor" in bad.reason
+        ro = node.set_parameters([Parameter("runtime", value="torch")])[0]
+        assert not ro.successful
+        ok = node.set_parameters([Parameter("anchor_max_age", value=0.2), Parameter("filter.process_noise", value=0.2)])
+        assert all(r.successful for r in ok)
+        assert node.anchor_buffer.max_age_s == 0.2 and node.settings.anchor_max_age == 0.2
+        node._swap_config()  # the inference thread does this between frames
+        assert node.pipeline.config.filter.process_noise == 0.2
+    finally:
+        node.destroy_node()

@@ -1,0 +1,116 @@
+"""Pose buffer, SE(3) interpolation and frame changes, checked on the real SUN3D sequence poses and depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from scale_field_ros.anchors import anchors_from_points
+from scale_field_ros.datasets import load_dataset, shared_root
+from scale_field_ros.poses import (
+    PoseBuffer,
+    interpolate_transform,
+    invert_transform,
+    landmarks_to_camera,
+    scan_to_image_transform,
+)
+
+SEQ = shared_root() / "data" / "sun3d_seq"
+pytestmark = pytest.mark.skipif(not SEQ.is_dir(), reason=f"shared data not found at {SEQ}")
+
+# a camera mounted on a body: optical frame rotated and offset from the body frame
+T_BODY_CAM = np.eye(4)
+T_BODY_CAM[:3, :3] = Rotation.from_euler("xyz", [-90, 0, -90], degrees=True).as_matrix()
+T_BODY_CAM[:3, 3] = [0.2, -0.05, 0.4]
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return load_dataset(SEQ)
+
+
+def _angle_deg(R: np.ndarray) -> float:
+    return float(np.degrees(np.linalg.norm(Rotation.from_matrix(R).as_rotvec())))
+
+
+def test_interpolation_is_geodesic(seq):
+    T0, T1 = seq.frame(0).T_world_cam, seq.frame(2).T_world_cam
+    np.testing.assert_allclose(interpolate_transform(T0, T1, 0.0), T0, atol=2e-3)
+    np.testing.assert_allclose(interpolate_transform(T0, T1, 1.0), T1, atol=2e-3)
+    Tm = interpolate_transform(T0, T1, 0.25)
+    total = _angle_deg(T0[:3, :3].T @ T1[:3, :3])
+    assert total > 0.1  # the frames really differ
+    assert _angle_deg(T0[:3, :3].T @ Tm[:3, :3]) == pytest.approx(0.25 * total, rel=1e-2)
+    assert _angle_deg(Tm[:3, :3].T @ T1[:3, :3]) == pytest.approx(0.75 * total, rel=1e-2)
+    np.testing.assert_allclose(Tm[:3, 3], 0.75 * T0[:3, 3] + 0.25 * T1[:3, 3], atol=1e-9)
+
+
+def test_pose_buffer_lookup(seq):
+    poses = [seq.frame(i).T_world_cam for i in range(3)]  # consecutive at 30 Hz
+    buf = PoseBuffer(max_extrapolation_s=0.02)
+    for i, T in enumerate(poses):
+        assert buf.insert(i / 30.0, T)
+    np.testing.assert_allclose(buf.lookup(1 / 30.0), poses[1])
+    between = buf.lookup(1.5 / 30.0)
+    np.testing.assert_allclose(between, interpolate_transform(poses[1], poses[2], 0.5), atol=1e-9)
+    np.testing.assert_allclose(buf.lookup(2 / 30.0 + 0.01), poses[2])  # small extrapolation holds the nearest
+    assert buf.lookup(2 / 30.0 + 0.1) is None
+    assert buf.lookup(-0.1) is None
+    # bag looped: an old stamp clears the history
+    assert not buf.insert(-5.0, poses[0])
+    assert len(buf) == 1 and buf.lookup(1 / 30.0) is None
+
+
+def test_pose_buffer_is_bounded(seq):
+    T = seq.frame(0).T_world_cam
+    buf = PoseBuffer(span_s=1.0, max_samples=50)
+    for k in range(500):
+        buf.insert(k * 0.01, T)
+    assert len(buf) <= 50
+
+
+def test_world_landmarks_reproject_into_next_frame(seq):
+    """Landmarks from frame 0's depth, in the world frame, seen by the camera of frame 1 through a body pose."""
+    f0, f1 = seq.frame(0), seq.frame(1)
+    pts_cam0 = f0.intrinsics.unproject(f0.depth_m)[::6, ::6].reshape(-1, 3).astype(np.float64)
+    pts_cam0 = pts_cam0[pts_cam0[:, 2] > 0.3]
+    pts_world = pts_cam0 @ f0.T_world_cam[:3, :3].T + f0.T_world_cam[:3, 3]
+    # poses are stored to 6 digits, hence atol 1e-4 below
+    # same body pose convention a VIO would publish: T_world_body = T_world_cam T_body_cam^-1
+    T_world_body0 = f0.T_world_cam @ invert_transform(T_BODY_CAM)
+    np.testing.assert_allclose(landmarks_to_camera(pts_world, T_world_body0, T_BODY_CAM), pts_cam0, atol=1e-4)
+    T_world_body1 = f1.T_world_cam @ invert_transform(T_BODY_CAM)
+    pts_cam1 = landmarks_to_camera(pts_world, T_world_body1, T_BODY_CAM)
+    anchors = anchors_from_points(pts_cam1, np.eye(4), f1.intrinsics, 0.3, 10.0)
+    gt = f1.depth_m[np.round(anchors.v).astype(int), np.round(anchors.u).astype(int)]
+    ok = gt > 0
+    assert ok.sum() > 1000
+    rel = np.abs(anchors.depth_m[ok] - gt[ok]) / gt[ok]
+    assert np.median(rel) < 0.03  # real sensor depth and poses agree to a few percent
+
+
+def test_scan_motion_compensation(seq):
+    """A 'LiDAR' scan taken at frame 0 lands on frame 1's depth once compensated with odometry."""
+    f0, f1 = seq.frame(0), seq.frame(2)
+    T_cam_lidar = np.eye(4)
+    T_cam_lidar[:3, :3] = Rotation.from_euler("xyz", [-90, 0, -90], degrees=True).as_matrix()
+    T_cam_lidar[:3, 3] = [0.05, -0.1, 0.0]
+    pts_cam0 = f0.intrinsics.unproject(f0.depth_m)[::6, ::6].reshape(-1, 3).astype(np.float64)
+    pts_cam0 = pts_cam0[pts_cam0[:, 2] > 0.3]
+    pts_lidar = pts_cam0 @ invert_transform(T_cam_lidar)[:3, :3].T + invert_transform(T_cam_lidar)[:3, 3]
+    T_wb0 = f0.T_world_cam @ invert_transform(T_BODY_CAM)
+    T_wb1 = f1.T_world_cam @ invert_transform(T_BODY_CAM)
+    # same pose at scan and image: nothing but the extrinsic
+    np.testing.assert_allclose(scan_to_image_transform(T_wb0, T_wb0, T_BODY_CAM, T_cam_lidar), T_cam_lidar, atol=1e-5)
+
+    def median_rel(T):
+        a = anchors_from_points(pts_lidar, T, f1.intrinsics, 0.3, 10.0)
+        gt = f1.depth_m[np.round(a.v).astype(int), np.round(a.u).astype(int)]
+        ok = gt > 0
+        return float(np.median(np.abs(a.depth_m[ok] - gt[ok]) / gt[ok]))
+
+    compensated = median_rel(scan_to_image_transform(T_wb0, T_wb1, T_BODY_CAM, T_cam_lidar))
+    uncompensated = median_rel(T_cam_lidar)
+    assert compensated < 0.03
+    assert compensated < uncompensated

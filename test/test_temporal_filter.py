@@ -1,0 +1,104 @@
+"""Weight filter: prediction, coasting, resets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scale_field_ros.solver import FitLevel, FitResult, Prior
+from scale_field_ros.temporal_filter import FilterConfig, WeightFilter, weight_nis
+
+K = 6
+
+
+def _fit(weights, var=1e-4) -> FitResult:
+    w = np.asarray(weights, np.float64)
+    return FitResult(
+        weights=w,
+        covariance=np.eye(len(w)) * var,
+        residuals=np.zeros(10),
+        inliers=np.ones(10, bool),
+        level=FitLevel.FULL,
+        n_anchors=10,
+        rms_residual=0.0,
+        fallback_reason="",
+    )
+
+
+INITIAL = Prior(np.r_[1.0, np.zeros(K - 1)], np.eye(K))
+
+
+def test_first_frame_uses_initial_then_random_walk():
+    f = WeightFilter(FilterConfig(process_noise=0.1, enabled=True))
+    assert f.predict(0.0, INITIAL) is INITIAL
+    w = np.linspace(0.5, 1.5, K)
+    f.update(_fit(w), 0.0)
+    p = f.predict(0.5, INITIAL)
+    np.testing.assert_allclose(p.mean, w)
+    np.testing.assert_allclose(p.covariance, np.eye(K) * (1e-4 + 0.1**2 * 0.5))
+    # predicting does not move the state; a second predict from the same state agrees
+    np.testing.assert_allclose(f.predict(0.5, INITIAL).covariance, p.covariance)
+
+
+def test_coasting_grows_uncertainty_and_reports_the_limit():
+    f = WeightFilter(FilterConfig(process_noise=0.1, max_coast_s=1.0, enabled=True))
+    f.update(_fit(np.ones(K)), 0.0)
+    variances = []
+    for k in range(1, 16):
+        f.coast(k * 0.1)
+        variances.append(f.state.covariance[0, 0])
+    assert f.coasting
+    assert np.all(np.diff(variances) > 0)
+    assert f.coast_duration_s == pytest.approx(1.5)
+    assert f.coast_exceeded
+    np.testing.assert_allclose(f.state.mean, np.ones(K))  # coasting keeps the estimate
+    f.update(_fit(np.ones(K)), 1.6)
+    assert not f.coasting and f.coast_duration_s == 0.0 and not f.coast_exceeded
+
+
+def test_coasting_before_any_evidence():
+    f = WeightFilter(FilterConfig(max_coast_s=0.5, enabled=True))
+    f.coast(3.0)
+    f.coast(4.0)
+    assert f.state is None and f.coasting and f.coast_exceeded
+    assert f.predict(4.1, INITIAL) is INITIAL
+
+
+def test_stamp_going_backwards_resets():
+    f = WeightFilter(FilterConfig(backwards_tolerance_s=0.5, enabled=True))
+    f.update(_fit(np.ones(K)), 100.0)
+    assert f.predict(99.8, INITIAL) is not INITIAL  # small reordering: dt = 0
+    assert f.predict(10.0, INITIAL) is INITIAL  # bag looped
+    assert f.state is None and f.n_resets == 1 and "backwards" in f.last_reset_reason
+
+
+def test_innovation_decides_reset():
+    f = WeightFilter(FilterConfig(process_noise=0.01, reset_nis_threshold=9.0, enabled=True))
+    rng = np.random.default_rng(0)
+    w = np.linspace(0.5, 1.5, K)
+    f.update(_fit(w, var=1e-3), 0.0)
+    pred = f.predict(0.033, INITIAL)
+    meas_cov = np.eye(K) * 1e-3
+    same_scene = w + rng.normal(0, np.sqrt(1e-3), K)
+    cut = w * 1.8
+    nis_same = weight_nis(pred, same_scene, meas_cov)
+    nis_cut = weight_nis(pred, cut, meas_cov)
+    assert not f.should_reset(nis_same, K)
+    assert f.should_reset(nis_cut, K)
+    assert f.should_reset(float("nan"), K)
+    f.reset()
+    assert not f.should_reset(nis_cut, K)  # nothing to disagree with
+
+
+def test_broken_fit_does_not_poison_state():
+    f = WeightFilter(FilterConfig(enabled=True))
+    f.update(_fit(np.ones(K)), 0.0)
+    f.update(_fit(np.full(K, np.nan)), 0.1)
+    assert np.all(np.isfinite(f.state.mean)) and f.coasting
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        FilterConfig(process_noise=-1.0)
+    with pytest.raises(ValueError):
+        FilterConfig(max_coast_s=0.0)
