@@ -15,23 +15,15 @@ import numpy as np
 
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
-from .bases import BasisConfig, build_bases
+from .bases import BasisConfig, build_bases, sample_maps, tier_for
 from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around
-from .residual_grid import LocalConfig, local_correction, neighbour_consistent
-from .solver import FitLevel, FitResult, SolverConfig, solve
-
-try:  # the temporal filter lands from another branch; without it frames are independent
-    from .temporal_filter import FilterConfig, WeightFilter
-except ImportError:  # pragma: no cover - depends on merge order
-    FilterConfig = None  # type: ignore[assignment,misc]
-    WeightFilter = None  # type: ignore[assignment,misc]
+from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
+from .solver import FitLevel, FitResult, Prior, SolverConfig, solve
+from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
 
 
-def _default_filter_config():
-    if FilterConfig is None:
-        return None
-    cfg = FilterConfig()
-    return dataclasses.replace(cfg, enabled=False) if hasattr(cfg, "enabled") else cfg
+def _default_filter_config() -> FilterConfig:
+    return FilterConfig(enabled=False)  # evaluation treats frames independently; the node turns it on
 
 
 @dataclass(frozen=True)
@@ -43,7 +35,7 @@ class PipelineConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
-    filter: Any = field(default_factory=_default_filter_config)
+    filter: FilterConfig = field(default_factory=_default_filter_config)
 
     def __post_init__(self) -> None:
         if not (0 < self.min_depth_m < self.max_depth_m) or not np.isfinite(self.max_depth_m):
@@ -56,9 +48,13 @@ class PipelineConfig:
         """Flat keys: top-level fields, or `<section>_<field>` / `<section>.<field>` for basis, solver, prior,
         local and filter fields (e.g. basis_poly_degree). Unknown keys raise ValueError."""
         top = {f.name for f in dataclasses.fields(PipelineConfig)}
-        sections = {"basis": BasisConfig, "solver": SolverConfig, "prior": PriorConfig, "local": LocalConfig}
-        if FilterConfig is not None:
-            sections["filter"] = FilterConfig
+        sections = {
+            "basis": BasisConfig,
+            "solver": SolverConfig,
+            "prior": PriorConfig,
+            "local": LocalConfig,
+            "filter": FilterConfig,
+        }
         flat: dict[str, Any] = {}
         nested: dict[str, dict[str, Any]] = {name: {} for name in sections}
         for key, value in d.items():
@@ -102,6 +98,11 @@ class StageTimings:
 
 @dataclass(frozen=True)
 class PipelineResult:
+    """One frame's output. With the temporal filter (a stamp and `filter.enabled`): `coasting` when the frame
+    had no usable anchors and the estimate was carried, `coast_s` since the last anchored frame,
+    `coast_exceeded` past `filter.max_coast_s` (std_m is then at least depth_m), `filter_reset` the reason
+    when the filter reset on this frame, `nis_per_dof` the innovation of the frame's own fit (0 without one)."""
+
     depth_m: np.ndarray
     std_m: np.ndarray
     scale_field: np.ndarray
@@ -111,6 +112,10 @@ class PipelineResult:
     timings_ms: StageTimings
     basis_signature: str = ""
     anchors_used: Anchors | None = None
+    coast_s: float = 0.0
+    coast_exceeded: bool = False
+    filter_reset: str = ""
+    nis_per_dof: float = 0.0
 
 
 class Pipeline:
@@ -118,13 +123,21 @@ class Pipeline:
         self.backbone = backbone
         self.config = config or PipelineConfig()
         self._filter = None
-        self._signature = ""
+        self._local_filter = None
         self.reset()
 
     def reset(self) -> None:
         cfg = self.config.filter
         self._filter = WeightFilter(cfg) if (WeightFilter is not None and cfg is not None) else None
-        self._signature = ""
+        self._local_filter = CorrectionFilter(cfg) if self._filter is not None else None
+        self._forget_family()
+
+    def _forget_family(self) -> None:
+        self._names: tuple[str, ...] = ()  # basis names of the filter state's weights
+        self._tier = 0  # basis tier of the filter state
+        self._misfit: float | None = None  # model misfit of the last anchored frame (kept while coasting)
+        if self._local_filter is not None:
+            self._local_filter.reset()
 
     def process(self, rgb: np.ndarray, anchors: Anchors, stamp_s: float | None = None) -> PipelineResult:
         if self.backbone is None:
@@ -141,46 +154,57 @@ class Pipeline:
         t0 = time.perf_counter()
         h, w = out.shape
         clean = anchors.sanitized(w, h, cfg.min_depth_m, cfg.max_depth_m)
-        bases = build_bases(out, cfg.basis, len(clean))
+        use_filter = stamp_s is not None and self._filter is not None and getattr(cfg.filter, "enabled", False)
+        tier = tier_for(len(clean), cfg.basis)
+        if use_filter:
+            self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
+            if self._filter.state is None:
+                self._forget_family()
+            else:
+                # keep the filtered family when anchors are few or absent: the predicted state is the prior and
+                # the ridge solve toward it copes with few anchors, so the frame coasts instead of resetting
+                tier = max(tier, self._tier)
+        bases = build_bases(out, cfg.basis, _anchor_count_for_tier(tier, len(clean), cfg.basis))
         t1 = time.perf_counter()
 
         design = anchor_design(bases, clean, cfg.noise_rel)
-        # global alignment first (the scale-shift rung from a loose prior), then the field around it
-        ga = solve(design, loose_prior(bases, cfg.prior), cfg.solver, FitLevel.SCALE_SHIFT)
-        prior = prior_around(bases, ga.weights[0], ga.weights[-1], cfg.prior)
-        if bases.constant_relative:
-            prior_level, why = FitLevel.SCALE, "relative depth is constant: scale only"
-        else:
-            prior_level, why = FitLevel.FULL, ""
-        coasting = False
-        use_filter = stamp_s is not None and self._filter is not None and getattr(cfg.filter, "enabled", False)
+        initial, fit, level, why = self._frame_fit(bases, design)
         t_filter = 0.0
+        reset_reason, nis_per_dof = "", 0.0
         if use_filter:
             tf = time.perf_counter()
-            if bases.signature != self._signature:
-                self._filter.reset()
-                self._signature = bases.signature
-            prior = self._filter.predict(stamp_s, prior)
+            fit, reset_reason, nis_per_dof = self._filter_weights(design, bases, initial, fit, level, why, stamp_s)
             t_filter += time.perf_counter() - tf
-        fit = solve(design, prior, cfg.solver, prior_level)
-        if why and not fit.fallback_reason:
-            fit = dataclasses.replace(fit, fallback_reason=why)
-        if fit.level is FitLevel.PRIOR and ga.level is not FitLevel.PRIOR and not use_filter:
-            fit = dataclasses.replace(ga, fallback_reason=fit.fallback_reason or "field fit failed")
         local = None
+        carried = self._local_filter.current(bases.work_shape) if use_filter and cfg.local.enabled else None
         if cfg.local.enabled and fit.level is FitLevel.FULL and fit.n_anchors >= cfg.local.min_anchors:
-            local = self._fit_local(bases, design, fit, clean)
+            # with a carried correction, what the anchors add to it (the innovation), else the whole correction;
+            # the weights themselves are fitted to the raw anchors, so the field, not the correction, explains
+            # what it can (fitted to anchors with the correction taken out, the first frame's split between
+            # field and correction would stick)
+            residual_of = design if carried is None else _decorrected(design, bases, clean, carried)
+            local = self._fit_local(bases, residual_of, fit, clean)
+        misfit = _misfit_log_var(design, fit)
         t2 = time.perf_counter()
         if use_filter:
             tf = time.perf_counter()
-            if fit.level is FitLevel.PRIOR:
-                self._filter.coast(stamp_s)
-            else:
-                self._filter.update(fit, stamp_s)
-            coasting = bool(getattr(self._filter, "coasting", False))
+            if fit.level is FitLevel.PRIOR and self._misfit is not None:
+                misfit = self._misfit  # no anchors: the field's misfit is what it was, not unknown
+            elif fit.level is not FitLevel.PRIOR:
+                self._misfit = misfit
+            if cfg.local.enabled:
+                local = self._filter_local(local, carried, misfit, stamp_s)
             t_filter += time.perf_counter() - tf
-        misfit = _misfit_log_var(design, fit)
         est = compose(bases, fit.weights, fit.covariance, cfg.min_depth_m, cfg.max_depth_m, local, misfit)
+        std_m = est.std_m
+        coasting = coast_exceeded = False
+        coast_s = 0.0
+        if use_filter:
+            coasting, coast_s = self._filter.coasting, self._filter.coast_duration_s
+            coast_exceeded = self._filter.coast_exceeded
+            if coast_exceeded:
+                # no evidence for too long: at least 100 % relative uncertainty, so nothing downstream trusts it
+                std_m = np.maximum(std_m, est.depth_m)
         t3 = time.perf_counter()
         timings = StageTimings(
             backbone=backbone_ms,
@@ -191,8 +215,90 @@ class Pipeline:
             total=backbone_ms + (t3 - t0) * 1e3,
         )
         return PipelineResult(
-            est.depth_m, est.std_m, est.scale_field, out, fit, coasting, timings, bases.signature, clean
+            est.depth_m,
+            std_m,
+            est.scale_field,
+            out,
+            fit,
+            coasting,
+            timings,
+            bases.signature,
+            clean,
+            coast_s,
+            coast_exceeded,
+            reset_reason,
+            nis_per_dof,
         )
+
+    def _frame_fit(self, bases, design) -> tuple[Prior, FitResult, FitLevel, str]:
+        """The frame on its own (the result without the filter): global alignment, then the field around it.
+        Returns the field's prior, the fit, the level asked for and why it is not FULL."""
+        cfg = self.config
+        # global alignment first (the scale-shift rung from a loose prior), then the field around it
+        ga = solve(design, loose_prior(bases, cfg.prior), cfg.solver, FitLevel.SCALE_SHIFT)
+        initial = prior_around(bases, ga.weights[0], ga.weights[-1], cfg.prior)
+        if bases.constant_relative:
+            level, why = FitLevel.SCALE, "relative depth is constant: scale only"
+        else:
+            level, why = FitLevel.FULL, ""
+        fit = _explained(solve(design, initial, cfg.solver, level), why)
+        if fit.level is FitLevel.PRIOR and ga.level is not FitLevel.PRIOR:
+            fit = dataclasses.replace(ga, fallback_reason=fit.fallback_reason or "field fit failed")
+        return initial, fit, level, why
+
+    def _filter_weights(
+        self, design, bases, initial: Prior, frame_fit: FitResult, level: FitLevel, why: str, stamp_s: float
+    ) -> tuple[FitResult, str, float]:
+        """Kalman step on the weights: predict, check the innovation, update (the solve toward the prediction)
+        or coast. Returns the fit to publish, the reset reason ('' if none) and the innovation's NIS per degree
+        of freedom."""
+        f = self._filter
+        if f.state is not None and self._names != bases.names:
+            f.remap(_name_index(self._names, bases.names), initial)
+        had_state = f.state is not None
+        predicted = f.predict(stamp_s, initial)
+        fit, reason, nis_per_dof = frame_fit, "", 0.0
+        if had_state and frame_fit.level is not FitLevel.PRIOR:
+            nis, dof = _innovation(predicted, frame_fit, initial, design)
+            nis_per_dof = nis / dof if dof > 0 else 0.0
+            if f.should_reset(nis, dof):
+                reason = f"innovation NIS/dof {nis_per_dof:.1f} > {f.config.reset_nis_threshold:g}: scene changed"
+                f.reset(reason)
+                self._forget_family()  # the local correction goes too
+                f.predict(stamp_s, initial)  # born again from this frame alone
+        if had_state and not reason:
+            # the field's model prior (identity correction around this frame's global alignment) holds on
+            # every frame, so it joins the prediction in every update; counted only at birth, the anchors
+            # accumulated over frames outweigh it and the field over-fits where they cluster (40 corner
+            # anchors on a static scene: AbsRel 0.23 per frame, 0.55 filtered without it)
+            prior = predicted if frame_fit.level is FitLevel.PRIOR else combine(predicted, initial)
+            # with the prediction as prior every anchor count is well posed: no ladder down to scale and shift,
+            # which would hold the other weights fixed and move the scale alone onto a few anchors' local misfit
+            # (the scale's marginal spread is wide, its spread given the other weights is not)
+            solver = dataclasses.replace(self.config.solver, min_anchors_full=1, min_anchors_shift=1)
+            fit = _explained(solve(_with_misfit(design, self._misfit), prior, solver, level), why)
+        if fit.level is FitLevel.PRIOR:
+            f.coast(stamp_s)
+        else:
+            f.update(fit, stamp_s)
+        if f.state is not None:
+            self._names, self._tier = bases.names, bases.tier
+        return fit, reason, nis_per_dof
+
+    def _filter_local(
+        self, local: LocalCorrection | None, carried: np.ndarray | None, misfit_log_var: float, stamp_s: float
+    ):
+        """The local correction through the per-pixel filter. The frame measures the carried correction plus
+        what its anchors add to it (innovation form: between sparse anchors the carried detail stays), with
+        the anchors' noise plus the added correction's own remaining variance (large far from anchors). The
+        published variance stays at least what the frame alone would publish (`misfit_log_var`: the raw
+        anchors' squared log residual under the fitted field)."""
+        if local is None:
+            return self._local_filter.step(None, None, None, stamp_s)
+        measured = local.log_ratio if carried is None else carried + local.log_ratio
+        noise = np.float32(self.config.noise_rel**2)
+        alone = dataclasses.replace(local, residual_var=max(local.residual_var, misfit_log_var)).variance()
+        return self._local_filter.step(measured, local.variance() + noise, alone, stamp_s)
 
     def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors):
         fitted = design.matrix @ fit.weights
@@ -216,6 +322,78 @@ class Pipeline:
         return local_correction(
             xw, yw, log_ratio, a.weight.astype(np.float64), np.log(bases.inv_rel_work), self.config.local, hull
         )
+
+
+def _explained(fit: FitResult, why: str) -> FitResult:
+    return dataclasses.replace(fit, fallback_reason=why) if why and not fit.fallback_reason else fit
+
+
+def _with_misfit(design, misfit_log_var: float | None):
+    """The anchors' sigma widened by the field's model misfit (relative variance): what the weights cannot
+    explain at an anchor is noise to them. The frame's robust scale does this for many anchors; with the
+    misfit known from earlier frames a few anchors cannot pull the field onto their local detail."""
+    if not misfit_log_var:
+        return design
+    sigma = np.sqrt(design.sigma**2 + misfit_log_var * design.target**2)
+    return dataclasses.replace(design, sigma=sigma)
+
+
+def _decorrected(design, bases, anchors: Anchors, log_corr: np.ndarray):
+    """The anchors' targets (inverse depth) with a local log-depth correction taken out: inv = field * exp(corr)."""
+    corr = sample_maps(log_corr[None], anchors.u, anchors.v, bases.full_shape)[:, 0]
+    factor = np.exp(-corr)
+    return dataclasses.replace(design, target=design.target * factor, sigma=design.sigma * factor)
+
+
+def _anchor_count_for_tier(tier: int, n_anchors: int, config: BasisConfig) -> int:
+    """An anchor count for which `build_bases` builds basis tier `tier` (n_anchors itself when it does)."""
+    if tier == tier_for(n_anchors, config) or tier <= 0:
+        return n_anchors
+    return int(config.tier_anchors[min(tier, len(config.tier_anchors)) - 1])
+
+
+def _name_index(old: tuple[str, ...], new: tuple[str, ...]) -> np.ndarray:
+    """For each weight of the `new` family (bases, then the shift), its index in the `old` one or -1."""
+    where = {name: i for i, name in enumerate(old)}
+    idx = [where.get(name, -1) for name in new]
+    return np.asarray([*idx, len(old)], np.int64)  # the shift is last in both
+
+
+def _innovation(predicted: Prior, frame_fit: FitResult, frame_prior: Prior, design) -> tuple[float, int]:
+    """NIS of the frame's anchors against the predicted state, in weight space, and its degrees of freedom.
+
+    Over the frame's inlier anchors: y = target - A w_pred, S = A P_pred A^T + R, NIS_anchors = y^T S^-1 y
+    (by the Woodbury identity: K x K solves). R is each anchor's sigma^2 scaled by the frame's own residual
+    variance per residual degree of freedom (its model misfit, at least 1), so the part of NIS_anchors that
+    no weights could explain is (anchors - p), p the parameters the frame's own fit spent. The rest,
+    NIS_anchors - (anchors - p) with p degrees of freedom, is how far the prediction is from what this frame
+    says about the weights: about 1 per degree of freedom when they agree, far above when the scene changed.
+    """
+    keep = frame_fit.inliers & np.isfinite(design.target) & (design.sigma > 0)
+    n = int(keep.sum())
+    if n == 0:
+        return 0.0, 0
+    a = design.matrix[keep]
+    sigma = design.sigma[keep]
+    # parameters the frame's fit spent: trace of its hat matrix = K - tr(C_prior^-1 C_post)
+    try:
+        p_eff = len(frame_fit.weights) - float(np.trace(np.linalg.solve(frame_prior.covariance, frame_fit.covariance)))
+    except np.linalg.LinAlgError:
+        p_eff = float(len(frame_fit.weights))
+    dof_resid = n - p_eff
+    if dof_resid < 1.0 or p_eff < 0.5:
+        return 0.0, 0  # the frame's anchors are all spent on its own fit: nothing left to judge with
+    own = frame_fit.residuals[keep] / sigma
+    r_inv = 1.0 / (sigma**2 * max(float(own @ own) / dof_resid, 1.0))
+    y = design.target[keep] - a @ predicted.mean
+    b = a.T @ (r_inv * y)
+    try:
+        m = np.linalg.inv(predicted.covariance) + (a * r_inv[:, None]).T @ a
+        nis_anchors = float(y @ (r_inv * y) - b @ np.linalg.solve(m, b))
+    except np.linalg.LinAlgError:
+        return float("inf"), 1
+    dof = max(int(round(p_eff)), 1)
+    return max(nis_anchors - dof_resid, 0.0), dof
 
 
 def _misfit_log_var(design, fit: FitResult) -> float:

@@ -13,6 +13,11 @@ Frames without usable anchors coast: the state is carried forward and its covari
 the published confidence widens the longer there is no evidence. A measurement that disagrees with the
 prediction far beyond its uncertainty (normalised innovation squared, NIS) means the scene changed (a
 cut, a bag jumping); so does a stamp going backwards. Both reset to the caller's initial prior.
+When the basis family changes (more anchors allow a richer one) `remap` carries the weights by name.
+
+`CorrectionFilter` does the same per pixel for the pipeline's local log-depth correction (image space,
+working resolution): the local correction interpolates each frame's anchor residuals, so without it every
+frame's anchor noise would reach the output unfiltered.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class FilterConfig:
     enabled: off by default so evaluation treats frames independently.
     backwards_tolerance_s: a stamp older than the last one by more than this resets (bag looped, clock reset);
         smaller reorderings are treated as dt = 0.
+    local_process_noise: std of the local log-depth correction's random walk after one second (per pixel, in
+        log depth); it also absorbs the small image motion between frames, since that state lives in pixels.
     """
 
     process_noise: float = 0.02
@@ -42,6 +49,7 @@ class FilterConfig:
     reset_nis_threshold: float = 25.0
     enabled: bool = False
     backwards_tolerance_s: float = 0.5
+    local_process_noise: float = 0.05
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.process_noise) and self.process_noise >= 0):
@@ -52,6 +60,8 @@ class FilterConfig:
             raise ValueError(f"reset_nis_threshold must be > 0 (inf disables resets), got {self.reset_nis_threshold}")
         if not (np.isfinite(self.backwards_tolerance_s) and self.backwards_tolerance_s >= 0):
             raise ValueError(f"backwards_tolerance_s must be finite and >= 0, got {self.backwards_tolerance_s}")
+        if not (np.isfinite(self.local_process_noise) and self.local_process_noise >= 0):
+            raise ValueError(f"local_process_noise must be finite and >= 0, got {self.local_process_noise}")
 
 
 def weight_nis(predicted: Prior, measurement_mean: np.ndarray, measurement_covariance: np.ndarray) -> float:
@@ -65,6 +75,22 @@ def weight_nis(predicted: Prior, measurement_mean: np.ndarray, measurement_covar
         return float(y @ np.linalg.solve(S, y))
     except np.linalg.LinAlgError:
         return float(y @ np.linalg.pinv(S) @ y)
+
+
+def combine(a: Prior, b: Prior) -> Prior:
+    """The product of two independent Gaussian beliefs about the same weights (information form)."""
+    info_a = _inverse(a.covariance)
+    info_b = _inverse(b.covariance)
+    cov = _inverse(info_a + info_b)
+    return Prior(cov @ (info_a @ a.mean + info_b @ b.mean), 0.5 * (cov + cov.T))
+
+
+def _inverse(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, np.float64)
+    try:
+        return np.linalg.inv(m)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(m)
 
 
 class WeightFilter:
@@ -96,15 +122,17 @@ class WeightFilter:
             ref = np.eye(k)
         return ref * (self.config.process_noise**2 * dt_s)
 
-    def _check_backwards(self, stamp_s: float) -> None:
+    def check_stamp(self, stamp_s: float) -> None:
+        """Reset when `stamp_s` is older than the state by more than the tolerance (bag looped)."""
         if self._stamp_s is not None and stamp_s < self._stamp_s - self.config.backwards_tolerance_s:
             self.reset(f"stamp went backwards by {self._stamp_s - stamp_s:.3f} s")
 
     def predict(self, stamp_s: float, initial: Prior) -> Prior:
         """Predicted state at `stamp_s`; `initial` on the first frame, after a reset, or on a size change."""
-        self._check_backwards(stamp_s)
-        self._reference_cov = np.asarray(initial.covariance, np.float64)
+        self.check_stamp(stamp_s)
         if self.state is None or self.state.mean.shape != np.shape(initial.mean):
+            # the walk's scale is the prior the state was born from: it does not jump with later frames
+            self._reference_cov = np.asarray(initial.covariance, np.float64)
             return initial
         dt = max(0.0, stamp_s - self._stamp_s)
         k = len(self.state.mean)
@@ -112,7 +140,7 @@ class WeightFilter:
 
     def update(self, fit: FitResult, stamp_s: float) -> None:
         """Take the frame's posterior (solved toward `predict`'s prior) as the new state."""
-        self._check_backwards(stamp_s)
+        self.check_stamp(stamp_s)
         mean = np.asarray(fit.weights, np.float64)
         cov = np.asarray(fit.covariance, np.float64)
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
@@ -127,7 +155,7 @@ class WeightFilter:
 
     def coast(self, stamp_s: float) -> None:
         """Frame without usable anchors: carry the state forward with growing covariance."""
-        self._check_backwards(stamp_s)
+        self.check_stamp(stamp_s)
         self.coasting = True
         if self._last_update_s is None:  # no evidence yet: count from the first frame without it
             self._last_update_s = stamp_s
@@ -140,6 +168,30 @@ class WeightFilter:
         self.state = Prior(self.state.mean, self.state.covariance + self._process_covariance(k, dt))
         self._stamp_s = max(stamp_s, self._stamp_s)
         self.coast_duration_s = self._stamp_s - self._last_update_s
+
+    def remap(self, old_index: np.ndarray, initial: Prior) -> None:
+        """Re-express the state in another parametrisation: new weight i is old weight `old_index[i]`, or, where
+        that is -1, a weight the old model held at `initial`'s mean (independent, with `initial`'s variance).
+
+        Used when the basis family grows: the old field is the new one with the added weights at their prior.
+        """
+        if self.state is None:
+            return
+        idx = np.asarray(old_index, np.int64)
+        have = idx >= 0
+        mean = np.asarray(initial.mean, np.float64).copy()
+        cov = np.asarray(initial.covariance, np.float64).copy()
+        ref = cov.copy()
+        cov[np.ix_(have, ~have)] = 0.0
+        cov[np.ix_(~have, have)] = 0.0
+        ref[np.ix_(have, ~have)] = 0.0
+        ref[np.ix_(~have, have)] = 0.0
+        mean[have] = self.state.mean[idx[have]]
+        cov[np.ix_(have, have)] = self.state.covariance[np.ix_(idx[have], idx[have])]
+        if self._reference_cov is not None and self._reference_cov.shape == self.state.covariance.shape:
+            ref[np.ix_(have, have)] = self._reference_cov[np.ix_(idx[have], idx[have])]
+        self.state = Prior(mean, cov)
+        self._reference_cov = ref
 
     def should_reset(self, innovation_nis: float, dof: int) -> bool:
         """True when the innovation is too large for the predicted uncertainty: the scene changed."""
@@ -158,3 +210,78 @@ class WeightFilter:
         self.coast_duration_s = 0.0
         self.last_reset_reason = reason
         self.n_resets += 1
+
+
+@dataclass(frozen=True)
+class FilteredCorrection:
+    """The filtered local log-depth correction at working resolution and its variance (what `compose` uses)."""
+
+    log_ratio: np.ndarray  # h x w float32
+    var: np.ndarray  # h x w float32, log-depth variance of the corrected depth beyond the weights' own
+
+    def variance(self) -> np.ndarray:
+        return self.var
+
+
+class CorrectionFilter:
+    """Per-pixel random-walk Kalman filter on the local log-depth correction (see module docstring).
+
+    Per frame: `step(measurement, measurement_var, floor_var, stamp_s)` with the frame's correction, its
+    variance as a measurement and the frame's own remaining variance (predict, then update), or
+    `step(None, None, None, stamp_s)` to coast. The published variance is the Kalman variance but never below
+    the latest frame's own remaining variance (grown while coasting): the misfit between anchors is the same
+    from frame to frame, so averaging frames does not shrink it the way the Kalman variance assumes.
+    The state lives in image space, so it assumes the image moves little between frames;
+    `local_process_noise` bounds how long a correction is kept.
+    """
+
+    def __init__(self, config: FilterConfig | None = None) -> None:
+        self.config = config or FilterConfig()
+        self.log_ratio: np.ndarray | None = None
+        self.var: np.ndarray | None = None
+        self.floor: np.ndarray | None = None
+        self._stamp_s: float | None = None
+
+    def reset(self) -> None:
+        self.log_ratio = None
+        self.var = None
+        self.floor = None
+        self._stamp_s = None
+
+    def current(self, shape: tuple[int, int]) -> np.ndarray | None:
+        """The carried correction (the random walk predicts no change) if there is one of this shape."""
+        if self.log_ratio is None or self.log_ratio.shape != tuple(shape):
+            return None
+        return self.log_ratio
+
+    def step(
+        self,
+        measurement: np.ndarray | None,
+        measurement_var: np.ndarray | None,
+        floor_var: np.ndarray | None,
+        stamp_s: float,
+    ) -> FilteredCorrection | None:
+        """The filtered correction at `stamp_s`, or None while nothing was ever measured."""
+        if self.log_ratio is not None and measurement is not None and measurement.shape != self.log_ratio.shape:
+            self.reset()  # another image size: the pixels no longer correspond
+        if self.log_ratio is not None:
+            dt = max(0.0, stamp_s - self._stamp_s) if self._stamp_s is not None else 0.0
+            growth = np.float32(self.config.local_process_noise**2 * dt)
+            self.var = self.var + growth
+            self.floor = self.floor + growth
+        if measurement is not None:
+            z = np.nan_to_num(np.asarray(measurement, np.float32))
+            r = np.maximum(np.nan_to_num(np.asarray(measurement_var, np.float32), nan=1.0, posinf=1.0), 1e-8)
+            floor = r if floor_var is None else np.nan_to_num(np.asarray(floor_var, np.float32), nan=1.0, posinf=1.0)
+            self.floor = floor.copy()
+            if self.log_ratio is None:
+                self.log_ratio, self.var = z.copy(), r.copy()
+            else:
+                gain = self.var / (self.var + r)
+                self.log_ratio = self.log_ratio + gain * (z - self.log_ratio)
+                self.var = (1.0 - gain) * self.var
+        self._stamp_s = stamp_s if self._stamp_s is None else max(stamp_s, self._stamp_s)
+        if self.log_ratio is None:
+            return None
+        published = np.maximum(self.var, self.floor)
+        return FilteredCorrection(self.log_ratio.astype(np.float32), published.astype(np.float32))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from scale_field_ros.solver import FitLevel, FitResult, Prior
-from scale_field_ros.temporal_filter import FilterConfig, WeightFilter, weight_nis
+from scale_field_ros.temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine, weight_nis
 
 K = 6
 
@@ -102,3 +104,56 @@ def test_config_validation():
         FilterConfig(process_noise=-1.0)
     with pytest.raises(ValueError):
         FilterConfig(max_coast_s=0.0)
+
+
+def test_remap_carries_weights_by_name():
+    f = WeightFilter(FilterConfig(process_noise=0.1, enabled=True))
+    w = np.arange(1.0, K + 1)
+    cov = np.diag(np.full(K, 1e-4))
+    cov[0, 1] = cov[1, 0] = 5e-5
+    f.predict(0.0, INITIAL)  # the state is born from INITIAL: its spread scales the walk
+    f.update(dataclasses.replace(_fit(w), covariance=cov), 0.0)
+    wide = Prior(np.full(K + 2, 7.0), np.eye(K + 2) * 4.0)
+    old_index = np.array([0, 1, -1, 2, 3, 4, -1, 5])  # two new weights, the rest keep their order
+    f.remap(old_index, wide)
+    np.testing.assert_allclose(f.state.mean, [1, 2, 7, 3, 4, 5, 7, 6])
+    np.testing.assert_allclose(f.state.covariance[:2, :2], cov[:2, :2])
+    assert f.state.covariance[2, 2] == 4.0 and f.state.covariance[2, 0] == 0.0
+    # the random walk keeps the old weights' scale and takes the new ones' from the wider prior
+    p = f.predict(1.0, wide)
+    assert p.covariance[0, 0] == pytest.approx(1e-4 + 0.1**2 * 1.0)
+    assert p.covariance[2, 2] == pytest.approx(4.0 + 0.1**2 * 4.0)
+
+
+def test_combine_is_the_product_of_gaussians():
+    a = Prior(np.array([1.0, 0.0]), np.diag([1.0, 4.0]))
+    b = Prior(np.array([3.0, 2.0]), np.diag([1.0, 4.0]))
+    c = combine(a, b)
+    np.testing.assert_allclose(c.mean, [2.0, 1.0])
+    np.testing.assert_allclose(c.covariance, np.diag([0.5, 2.0]))
+    loose = Prior(np.zeros(2), np.eye(2) * 1e12)
+    np.testing.assert_allclose(combine(a, loose).mean, a.mean, atol=1e-9)
+
+
+def test_correction_filter_averages_noise_and_widens_while_coasting():
+    rng = np.random.default_rng(1)
+    truth = np.linspace(-0.2, 0.2, 12 * 16, dtype=np.float32).reshape(12, 16)
+    f = CorrectionFilter(FilterConfig(local_process_noise=0.01, enabled=True))
+    var = np.full(truth.shape, 0.05**2, np.float32)
+    for k in range(30):
+        out = f.step(truth + rng.normal(0, 0.05, truth.shape).astype(np.float32), var, var * 0.1, k / 30)
+    err = np.abs(out.log_ratio - truth)
+    assert err.mean() < 0.4 * 0.05 * np.sqrt(2 / np.pi)  # well below one frame's mean absolute noise
+    assert np.all(out.variance() < 0.5 * var)
+    before = out.variance().copy()
+    coasting = f.step(None, None, None, 2.0)
+    np.testing.assert_array_equal(coasting.log_ratio, out.log_ratio)
+    assert np.all(coasting.variance() > before)
+    assert f.step(np.zeros((6, 8), np.float32), np.ones((6, 8), np.float32), None, 2.1).log_ratio.shape == (6, 8)
+    f.reset()
+    assert f.step(None, None, None, 3.0) is None
+
+
+def test_local_process_noise_validation():
+    with pytest.raises(ValueError):
+        FilterConfig(local_process_noise=float("nan"))

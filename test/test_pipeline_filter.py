@@ -1,0 +1,85 @@
+"""The pipeline with the temporal filter on real FastDepth output: coasting keeps the anchored basis family and
+widens the confidence, the family grows without a reset, a scene cut resets and the same scene does not."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from field_backbone import infer
+
+from scale_field_ros.anchors import Anchors
+from scale_field_ros.metrics import compute_metrics, evaluation_mask
+from scale_field_ros.patterns import draw_anchors
+from scale_field_ros.pipeline import Pipeline, PipelineConfig
+from scale_field_ros.solver import FitLevel
+from scale_field_ros.temporal_filter import FilterConfig
+
+FILTERED = PipelineConfig(max_depth_m=10.0, filter=FilterConfig(enabled=True))
+DT = 1 / 30
+
+
+def _absrel(res, draw) -> float:
+    mask = evaluation_mask(draw.truth_depth_m, 0.1, 10.0, draw.anchors)
+    return compute_metrics(res.depth_m, draw.truth_depth_m, mask).absrel
+
+
+def test_coasting_keeps_the_family_and_widens_the_confidence():
+    frame, out = infer("sun3d_seq", 0)
+    cfg = dataclasses.replace(FILTERED, filter=FilterConfig(enabled=True, max_coast_s=0.1))
+    pipe = Pipeline(None, cfg)
+    for k in range(3):
+        anchored = pipe.process_output(out, draw_anchors(frame, "uniform", 100, seed=k, noise=0.03).anchors, k * DT)
+    assert not anchored.coasting and anchored.fit.level is FitLevel.FULL
+    draw = draw_anchors(frame, "uniform", 100, seed=9)  # only for scoring: the coasting frames get no anchor
+    stds, scores = [], []
+    for k in range(3, 8):
+        res = pipe.process_output(out, Anchors.empty(), k * DT)
+        assert res.coasting and res.basis_signature == anchored.basis_signature and not res.filter_reset
+        assert abs(res.coast_s - (k - 2) * DT) < 1e-9  # since the last anchored frame
+        assert np.all(np.isfinite(res.depth_m)) and np.all(np.isfinite(res.std_m))
+        stds.append(float(np.median(res.std_m)))
+        scores.append(_absrel(res, draw))
+    assert stds[0] > float(np.median(anchored.std_m))
+    assert np.all(np.diff(stds[:3]) > 0)  # uncertainty grows while there is no evidence
+    assert max(scores) <= _absrel(anchored, draw) + 0.005  # the estimate is carried, not lost
+    # past max_coast_s: flagged, and the confidence says "do not trust" (std at least the depth)
+    assert res.coast_exceeded and np.all(res.std_m >= res.depth_m)
+    back = pipe.process_output(out, draw_anchors(frame, "uniform", 100, seed=20, noise=0.03).anchors, 8 * DT)
+    assert not back.coasting and not back.coast_exceeded and back.coast_s == 0.0
+
+
+def test_few_anchors_keep_the_family_and_more_anchors_grow_it_without_reset():
+    frame, out = infer("sun3d_seq", 0)
+    pipe = Pipeline(None, FILTERED)
+    alone = Pipeline(None, dataclasses.replace(FILTERED, filter=FilterConfig(enabled=False)))
+    few = pipe.process_output(out, draw_anchors(frame, "uniform", 12, seed=0, noise=0.02).anchors, 0.0)
+    many_draw = draw_anchors(frame, "uniform", 300, seed=1, noise=0.02)
+    many = pipe.process_output(out, many_draw.anchors, DT)
+    assert many.basis_signature != few.basis_signature  # the richer family, weights carried by name
+    assert not many.filter_reset
+    assert _absrel(many, many_draw) <= _absrel(alone.process_output(out, many_draw.anchors), many_draw) + 0.01
+    sparse = pipe.process_output(out, draw_anchors(frame, "uniform", 5, seed=2, noise=0.02).anchors, 2 * DT)
+    assert sparse.basis_signature == many.basis_signature and not sparse.filter_reset and not sparse.coasting
+    # the prediction is the prior, so five anchors update the whole field (no ladder down to scale and shift)
+    # and only nudge it: the estimate stays as good as the one 300 anchors gave
+    assert sparse.fit.level is FitLevel.FULL and sparse.fit.n_anchors == 5
+    assert _absrel(sparse, many_draw) <= _absrel(many, many_draw) + 0.01
+
+
+def test_scene_cut_resets_and_the_same_scene_does_not():
+    cfg = dataclasses.replace(FILTERED, max_depth_m=80.0)
+    pipe = Pipeline(None, cfg)
+    alone = Pipeline(None, dataclasses.replace(cfg, filter=FilterConfig(enabled=False)))
+    sequence = [("sun3d_seq", 0)] * 3 + [("sun3d_seq", 1), ("sun3d_seq", 2)]  # static, then 30 Hz motion
+    for k, (name, index) in enumerate(sequence):
+        frame, out = infer(name, index)
+        res = pipe.process_output(out, draw_anchors(frame, "uniform", 200, seed=k, noise=0.02).anchors, k * DT)
+        assert not res.filter_reset, (k, res.nis_per_dof)
+        assert res.nis_per_dof < cfg.filter.reset_nis_threshold
+    frame, out = infer("kitti_semidense", 0)  # a cut from a room to a street
+    draw = draw_anchors(frame, "uniform", 200, seed=7, noise=0.02)
+    cut = pipe.process_output(out, draw.anchors, len(sequence) * DT)
+    assert "scene changed" in cut.filter_reset and cut.nis_per_dof > cfg.filter.reset_nis_threshold
+    # after the reset the frame stands on its own: the same depth as without the filter
+    np.testing.assert_allclose(cut.depth_m, alone.process_output(out, draw.anchors).depth_m, rtol=1e-5)
