@@ -10,7 +10,7 @@ import pytest
 import yaml
 from node_harness import domain_id
 
-from scale_field_ros.ros.params import all_param_specs, check_value, settings_from_values
+from scale_field_ros.ros.params import all_param_specs, check_value, params_yaml, settings_from_values
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
@@ -60,6 +60,8 @@ def test_params_file_lists_every_parameter_with_its_default():
     settings, config = settings_from_values(values)
     assert config.filter.enabled  # the node filters by default; evaluation does not
     np.testing.assert_array_equal(settings.T_cam_anchor, np.eye(4))
+    # descriptions and ranges too: regenerate with `python -m scale_field_ros.ros.params`
+    assert PARAMS_FILE.read_text() == params_yaml(), "config/params.yaml is out of date"
 
 
 def test_bad_values_are_refused_with_reasons():

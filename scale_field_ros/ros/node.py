@@ -112,6 +112,9 @@ class FrameStats:
     coasting: bool = False
     coast_duration_s: float = 0.0
     coast_exceeded: bool = False
+    nis_per_dof: float = 0.0
+    filter_resets: int = 0
+    last_filter_reset: str = ""
     frames_processed: int = 0
     frames_dropped: int = 0
     frames_failed: int = 0
@@ -151,13 +154,15 @@ class ScaleFieldNode(Node):
         self._slot_lock = threading.Lock()
         self._latest_image_stamp_s: float | None = None  # reference for far-future anchors
         self._last_processed_stamp_s: float | None = None
-        self._coast_since_s: float | None = None
         self.stats = FrameStats()
         self.rates = {k: RateCounter() for k in ("image_in", "anchors_in", "odom_in", "depth_out")}
 
         self._input_group = ReentrantCallbackGroup()
         self._inference_group = MutuallyExclusiveCallbackGroup()
         qin = conv.input_qos(settings.input_reliability, settings.input_queue_depth)
+        # odometry is small and bursty (up to hundreds of Hz): a shallow queue drops poses, and anchors would
+        # then be placed with the nearest pose left, from another moment
+        qodom = conv.input_qos(settings.input_reliability, settings.odom_queue_depth)
         qout = conv.output_qos(settings.output_queue_depth)
         if settings.use_compressed:
             self.create_subscription(
@@ -169,7 +174,7 @@ class ScaleFieldNode(Node):
             CameraInfo, TOPIC_CAMERA_INFO, self._on_camera_info, qin, callback_group=self._input_group
         )
         self.create_subscription(PointCloud2, TOPIC_ANCHORS, self._on_anchors, qin, callback_group=self._input_group)
-        self.create_subscription(Odometry, TOPIC_ODOM, self._on_odom, qin, callback_group=self._input_group)
+        self.create_subscription(Odometry, TOPIC_ODOM, self._on_odom, qodom, callback_group=self._input_group)
 
         self.pub_depth = self.create_publisher(Image, TOPIC_DEPTH, qout)
         self.pub_info = self.create_publisher(CameraInfo, TOPIC_DEPTH_INFO, qout)
@@ -292,7 +297,6 @@ class ScaleFieldNode(Node):
         if config is not None:
             self.pipeline = Pipeline(self.backbone, config)
             self.config = config
-            self._coast_since_s = None
 
     def _process(self, pending: _PendingImage) -> None:
         self._swap_config()
@@ -323,7 +327,6 @@ class ScaleFieldNode(Node):
             )
             self.pipeline.reset()
             self.pose_buffer.clear()
-            self._coast_since_s = None
         self._last_processed_stamp_s = stamp
         t1 = time.perf_counter_ns()
 
@@ -346,11 +349,16 @@ class ScaleFieldNode(Node):
         result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp)
         t3 = time.perf_counter_ns()
 
-        coast_exceeded = self._track_coasting(result.coasting, stamp)
+        # past filter.max_coast_s the pipeline's confidence is already at least the depth itself
+        if result.coast_exceeded:
+            self.warn(
+                "coasting",
+                f"no usable anchors for {result.coast_s:.1f} s (limit {self.config.filter.max_coast_s} s): "
+                "confidence marked low",
+            )
+        if result.filter_reset:
+            self.warn("filter_reset", f"temporal filter reset: {result.filter_reset}")
         std_m = result.std_m
-        if coast_exceeded:
-            # coasting past the limit: at least 100 % relative uncertainty, so nothing downstream trusts it
-            std_m = np.maximum(std_m, result.depth_m)
         if not (np.all(np.isfinite(result.depth_m)) and np.all(np.isfinite(std_m))):
             self.warn("non_finite_output", "pipeline produced NaN/inf depth; frame not published")
             self.stats.frames_failed += 1
@@ -376,7 +384,12 @@ class ScaleFieldNode(Node):
         s.rms_residual = float(result.fit.rms_residual)
         s.fallback_reason = result.fit.fallback_reason
         s.coasting = bool(result.coasting)
-        s.coast_exceeded = coast_exceeded
+        s.coast_duration_s = float(result.coast_s)
+        s.coast_exceeded = bool(result.coast_exceeded)
+        s.nis_per_dof = float(result.nis_per_dof)
+        if result.filter_reset:
+            s.filter_resets += 1
+            s.last_filter_reset = result.filter_reset
         s.frames_processed += 1
         self.rates["depth_out"].tick()
 
@@ -402,23 +415,6 @@ class ScaleFieldNode(Node):
             f"camera_info is {intrinsics.width}x{intrinsics.height}, the image {w}x{h}: intrinsics scaled to the image",
         )
         return intrinsics.scaled_to(w, h)
-
-    def _track_coasting(self, coasting: bool, stamp: float) -> bool:
-        if not coasting:
-            self._coast_since_s = None
-            self.stats.coast_duration_s = 0.0
-            return False
-        if self._coast_since_s is None:
-            self._coast_since_s = stamp
-        self.stats.coast_duration_s = max(0.0, stamp - self._coast_since_s)
-        if self.stats.coast_duration_s > self.config.filter.max_coast_s:
-            self.warn(
-                "coasting",
-                f"no usable anchors for {self.stats.coast_duration_s:.1f} s "
-                f"(limit {self.config.filter.max_coast_s} s): confidence marked low",
-            )
-            return True
-        return False
 
     def _publish(self, header, rgb, intrinsics, depth_m, std_m, scale_field, settings: NodeSettings) -> None:
         out_header = conv.header_from(header)
@@ -453,6 +449,9 @@ class ScaleFieldNode(Node):
             "coasting": str(s.coasting).lower(),
             "coast_duration_s": f"{s.coast_duration_s:.2f}",
             "coast_exceeded": str(s.coast_exceeded).lower(),
+            "innovation_nis_per_dof": f"{s.nis_per_dof:.2f}",
+            "filter_resets": str(s.filter_resets),
+            "last_filter_reset": s.last_filter_reset,
             "filter": "on" if self.config.filter.enabled else "off",
             "frames_processed": str(s.frames_processed),
             "frames_dropped": str(s.frames_dropped),

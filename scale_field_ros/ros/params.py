@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,14 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("input_queue_depth", 5, "KEEP_LAST depth of the subscriptions", min=1, max=100, read_only=True),
     ParamSpec("output_queue_depth", 2, "KEEP_LAST depth of the (reliable) publishers", min=1, max=100, read_only=True),
     ParamSpec(
+        "odom_queue_depth",
+        100,
+        "KEEP_LAST depth of the odometry subscription (poses are small and bursty: a shallow queue drops them)",
+        min=1,
+        max=10000,
+        read_only=True,
+    ),
+    ParamSpec(
         "T_cam_anchor",
         IDENTITY_16,
         "anchor frame -> camera optical frame, 16 row-major values; identity: anchors already in the camera frame",
@@ -139,6 +148,46 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
     "filter.backwards_tolerance_s": dict(
         description="reset when a stamp goes back by more than this (s)", min=0.0, max=3600.0
     ),
+    "filter.local_process_noise": dict(
+        description="std of the per-pixel local log-depth correction's random walk after 1 s", min=0.0, max=100.0
+    ),
+    "noise_rel": dict(description="assumed relative std of an anchor's depth", min=1e-6, max=10.0),
+    "basis.work_long_side": dict(description="long side (px) of the working resolution of the bases", min=8, max=4096),
+    "basis.poly_degree": dict(description="degree of the image-position polynomial bases", min=0, max=8),
+    "basis.depth_bins": dict(description="soft bins over relative depth (0 or 1: none)", min=0, max=64),
+    "basis.feature_components": dict(
+        description="principal components of backbone features used as bases", min=0, max=64
+    ),
+    "basis.feature_name": dict(
+        description="backbone feature map for the PCA bases; empty: the finest with at least 8 channels"
+    ),
+    "basis.guided_radius": dict(description="guided-filter radius (working px) of the feature bases", min=0, max=64),
+    "basis.guided_eps": dict(description="guided-filter regularisation of the feature bases", min=0.0, max=1e3),
+    "basis.tier_anchors": dict(description="anchors needed for basis tiers 1 (linear), 2 (+depth bins), 3 (+features)"),
+    "solver.huber_k": dict(description="Huber threshold in robust standard deviations", min=0.0, max=100.0),
+    "solver.outlier_sigmas": dict(description="anchors beyond this many robust sigmas are rejected", min=0.0, max=1e3),
+    "solver.irls_iterations": dict(description="robust reweighting iterations", min=0, max=100),
+    "solver.min_anchors_full": dict(description="fewer anchors fit scale and shift only", min=0, max=1000000),
+    "solver.min_anchors_shift": dict(description="fewer anchors fit the scale only", min=0, max=1000000),
+    "solver.min_relative_spread": dict(
+        description="relative spread of the relative depth below which no shift is fitted", min=0.0, max=1.0
+    ),
+    "prior.scale_rel_std": dict(description="prior std of the global scale, relative to it", min=0.0, max=1e3),
+    "prior.basis_rel_std": dict(
+        description="prior std of a basis weight, relative to the global scale", min=0.0, max=1e3
+    ),
+    "prior.shift_rel_std": dict(description="prior std of the global shift, relative to the scale", min=0.0, max=1e3),
+    "local.enabled": dict(description="edge-aware local correction of the field from the anchors' residuals"),
+    "local.min_anchors": dict(description="fewer inlier anchors: no local correction", min=0, max=1000000),
+    "local.cell_factor": dict(description="grid cell of the local correction, in mean anchor spacings", min=0.0),
+    "local.min_cell_px": dict(description="smallest grid cell of the local correction (working-res px)", min=0.0),
+    "local.log_depth_cell": dict(description="grid step of the local correction along log relative depth", min=0.0),
+    "local.blur_passes": dict(description="smoothing passes over the local correction grid", min=0, max=100),
+    "local.prior_count": dict(description="pseudo-anchors of zero correction that shrink sparse corrections"),
+    "local.max_abs_log": dict(description="largest local correction, in log depth", min=0.0),
+    "local.outlier_log": dict(description="log residual off its neighbours' median that marks an outlier", min=0.0),
+    "local.neighbours": dict(description="neighbours compared in the outlier test", min=1, max=1000),
+    "local.method": dict(description="local correction: delaunay, pushpull or grid"),
 }
 
 
@@ -221,6 +270,7 @@ class NodeSettings:
     input_reliability: str
     input_queue_depth: int
     output_queue_depth: int
+    odom_queue_depth: int
     T_cam_anchor: np.ndarray
     anchors_in_world: bool
     T_body_cam: np.ndarray
@@ -275,10 +325,15 @@ def descriptor(spec: ParamSpec):
     if spec.choices:
         text += f" (one of: {', '.join(spec.choices)})"
     d = ParameterDescriptor(name=spec.name, type=types[spec.kind], description=text, read_only=spec.read_only)
+    # an open end of a range is the type's limit (rcl ranges are closed)
     if spec.kind == "int" and (spec.min is not None or spec.max is not None):
-        d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=0)]
+        lo = -(2**63) if spec.min is None else int(spec.min)
+        hi = 2**63 - 1 if spec.max is None else int(spec.max)
+        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
     if spec.kind == "double" and (spec.min is not None or spec.max is not None):
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+        lo = -sys.float_info.max if spec.min is None else float(spec.min)
+        hi = sys.float_info.max if spec.max is None else float(spec.max)
+        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
     if spec.kind == "double_array":
         d.additional_constraints = "16 values, row-major 4x4 rigid transform" if spec.name.startswith("T_") else ""
     return d
@@ -308,3 +363,97 @@ def apply_changes(current: dict[str, Any], params) -> tuple[dict[str, Any], Node
         updated[p.name] = _plain(p.value)
     settings, config = settings_from_values(updated)
     return updated, settings, config
+
+
+# --- the params file ---------------------------------------------------------------------------------------------
+
+PARAMS_FILE_HEADER = """\
+# Parameters of scale_field_node (ros2 run scale_field_ros scale_field_node --ros-args --params-file ...).
+# Generated from the node's parameter table (scale_field_ros/ros/params.py), where ranges and allowed values
+# live: python -m scale_field_ros.ros.params config/params.yaml. test_node_params checks it is up to date.
+"""
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as YAML that both PyYAML and rcl's parser read back as the same type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value)
+        if "e" in text and "." not in text:  # YAML 1.1 needs a dot for a float: 1e-06 -> 1.0e-06
+            mantissa, _, exponent = text.partition("e")
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"no YAML scalar for {value!r}")
+
+
+def _yaml_value(spec: ParamSpec, indent: str) -> str:
+    value = spec.default
+    if not isinstance(value, tuple):
+        return _yaml_scalar(value)
+    items = [_yaml_scalar(x) for x in value]
+    if spec.name.startswith("T_") and len(items) == 16:  # a 4x4 transform: one row per line
+        pad = indent + " " * (len(spec.name.rpartition(".")[2]) + 3)
+        rows = [", ".join(items[i : i + 4]) for i in range(0, 16, 4)]
+        return "[" + f",\n{pad}".join(rows) + "]"
+    return "[" + ", ".join(items) + "]"
+
+
+def _comment(spec: ParamSpec) -> str:
+    text = spec.description
+    if spec.choices:
+        text += f" (one of: {', '.join(spec.choices)})"
+    if spec.min is not None or spec.max is not None:
+        lo = "-inf" if spec.min is None else f"{spec.min:g}"
+        hi = "inf" if spec.max is None else f"{spec.max:g}"
+        text += f" [{lo}, {hi}]"
+    if spec.read_only:
+        text += "; read at start only"
+    return text
+
+
+def params_yaml(node_name: str = "scale_field_node") -> str:
+    """config/params.yaml: every declared parameter with its default, description and range."""
+    lines = [PARAMS_FILE_HEADER.rstrip("\n"), f"{node_name}:", "  ros__parameters:"]
+    sections: dict[str, list[ParamSpec]] = {}
+    for spec in all_param_specs():
+        head, dot, _ = spec.name.partition(".")
+        if not dot:
+            lines += [f"    # {_comment(spec)}", f"    {spec.name}: {_yaml_value(spec, '    ')}"]
+        else:
+            sections.setdefault(head, []).append(spec)
+    for head, specs in sections.items():
+        lines += ["", f"    {head}:"]
+        for spec in specs:
+            key = spec.name.partition(".")[2]
+            lines += [f"      # {_comment(spec)}", f"      {key}: {_yaml_value(spec, '      ')}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the params file (default config/params.yaml beside the package) or, with --check, compare."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write or check the node's params file")
+    parser.add_argument("path", nargs="?", default=str(Path(__file__).resolve().parents[2] / "config" / "params.yaml"))
+    parser.add_argument("--check", action="store_true", help="exit 1 when the file differs from the table")
+    args = parser.parse_args(argv)
+    path = Path(args.path)
+    text = params_yaml()
+    if args.check:
+        same = path.is_file() and path.read_text() == text
+        print(f"{path}: {'up to date' if same else 'out of date'}")
+        return 0 if same else 1
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
