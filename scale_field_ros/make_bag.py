@@ -133,7 +133,8 @@ def make_bag(
     n_images = len(frames) * repeat
     image_ns = [start_ns + int(round(i * 1e9 / rate_hz)) for i in range(n_images)]
     # Anchors at their own rate, each from the latest image at or before its stamp (as a sensor would see it).
-    n_anchor_msgs = int(math.floor((image_ns[-1] - start_ns) * 1e-9 * anchor_rate_hz + 1e-9)) + 1
+    # tolerance: image stamps are rounded to whole ns, so k/rate can land a fraction of a ns short
+    n_anchor_msgs = int(math.floor((image_ns[-1] - start_ns) * 1e-9 * anchor_rate_hz + 1e-6)) + 1
     anchor_ns = [start_ns + int(round(j * 1e9 / anchor_rate_hz)) for j in range(n_anchor_msgs)]
     anchor_image = np.searchsorted(np.asarray(image_ns), np.asarray(anchor_ns), side="right") - 1
 
