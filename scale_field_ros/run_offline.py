@@ -112,6 +112,34 @@ def load_settings(params: str | Path | None = None, overrides: dict[str, Any] | 
     return settings_from_values(values)
 
 
+# --------------------------------------------------------------------------- static transforms
+
+
+def tf_message_transforms(msg) -> dict[tuple[str, str], np.ndarray]:
+    """A tf2_msgs/TFMessage -> {(parent frame, child frame): T_parent_child 4x4}."""
+    from . import msg_codec
+
+    out = {}
+    for tf in msg.transforms:
+        t, r = tf.transform.translation, tf.transform.rotation
+        out[(tf.header.frame_id, tf.child_frame_id)] = msg_codec.pose_to_transform(
+            (t.x, t.y, t.z), (r.x, r.y, r.z, r.w)
+        )
+    return out
+
+
+def static_transforms(bag: str | Path) -> dict[tuple[str, str], np.ndarray]:
+    """Every transform on the bag's /tf_static ({} when it has none)."""
+    from .bagio import bag_topics, read_messages
+
+    if TF_STATIC not in bag_topics(bag):
+        return {}
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for m in read_messages(bag, [TF_STATIC]):
+        out.update(tf_message_transforms(m.msg))
+    return out
+
+
 # --------------------------------------------------------------------------- one frame, as the node does it
 
 
@@ -229,12 +257,7 @@ class BagFrameProcessor:
             self.warn("odom_backwards", "odometry stamps went backwards: older poses dropped")
 
     def on_tf_static(self, msg) -> None:
-        from . import msg_codec
-
-        for tf in msg.transforms:
-            t, r = tf.transform.translation, tf.transform.rotation
-            T = msg_codec.pose_to_transform((t.x, t.y, t.z), (r.x, r.y, r.z, r.w))
-            self._tf_static[(tf.header.frame_id, tf.child_frame_id)] = T
+        self._tf_static.update(tf_message_transforms(msg))
 
     def T_cam_anchor(self, camera_frame: str, anchor_frame: str) -> np.ndarray:
         """The parameter, unless it is identity and /tf_static links the two frames (then that transform)."""
