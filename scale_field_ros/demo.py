@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def demo_domain_id() -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/demo", help="output folder (replaced)")
+    parser.add_argument("--out", default="out/demo", help="output folder (replaced when the demo succeeds)")
     parser.add_argument("--params", default=None, help="node parameters file (default: config/params.yaml)")
     parser.add_argument("--samples", nargs="+", default=[s.name for s in SAMPLES], help="samples of shared/data")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1: recorded timing)")
@@ -325,7 +326,7 @@ View the MCAP in Foxglove Studio: Open local file -> Image panel on /metric_dept
 def run(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
     from .datasets import shared_root
-    from .run_offline import params_file_values
+    from .run_offline import atomic_dir, params_file_values
 
     t0 = time.perf_counter()
     params = Path(args.params) if args.params else _default_params()
@@ -355,16 +356,22 @@ def run(args: argparse.Namespace) -> int:
         settings.backbone, settings.model_path, settings.runtime, settings.threads, settings.device
     )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for sample in samples:
-        print(f"demo: {sample.name} ...", file=sys.stderr, flush=True)
-        rows.append(run_sample(sample, out, values, backbone, domain_id, args.rate))
-    wall = time.perf_counter() - t0
-    table = metrics_markdown(rows, wall, domain_id)
-    (out / "metrics.md").write_text(table)
-    doc = {"wall_s": wall, "domain_id": domain_id, "params": str(params) if params else None, "samples": rows}
-    (out / "metrics.json").write_text(json.dumps(doc, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, commit = atomic_dir(out, overwrite=True)  # a finished demo replaces the last one; a failed one leaves it
+    try:
+        rows = []
+        for sample in samples:
+            print(f"demo: {sample.name} ...", file=sys.stderr, flush=True)
+            rows.append(run_sample(sample, tmp, values, backbone, domain_id, args.rate))
+        wall = time.perf_counter() - t0
+        table = metrics_markdown(rows, wall, domain_id)
+        (tmp / "metrics.md").write_text(table)
+        doc = {"wall_s": wall, "domain_id": domain_id, "params": str(params) if params else None, "samples": rows}
+        (tmp / "metrics.json").write_text(json.dumps(doc, indent=1))
+        commit()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     print(table)
     print(how_to_view(out, rows))
     return 0

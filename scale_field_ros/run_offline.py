@@ -560,7 +560,7 @@ def depth_png_mm(depth_m: np.ndarray) -> np.ndarray:
     return np.where((mm > 0) & (mm <= 65535), mm, 0).astype(np.uint16)
 
 
-def _atomic_dir(out: Path, overwrite: bool):
+def atomic_dir(out: Path, overwrite: bool):
     """A temporary sibling folder to fill; `commit()` renames it to `out`."""
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists already; pass --force to replace it")
@@ -619,7 +619,7 @@ def run_dataset(
     if not supports(first, Pattern(pattern)):
         raise ValueError(f"dataset {ds.name} has no data for the {pattern} pattern")
     pipe = Pipeline(backbone, config)
-    tmp, commit = _atomic_dir(out, overwrite)
+    tmp, commit = atomic_dir(out, overwrite)
     try:
         for sub in ("depth", "points", "panels"):
             (tmp / sub).mkdir()
