@@ -331,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     params = Path(args.params) if args.params else _default_params()
     values = params_file_values(params) if params else {}
+    if not (np.isfinite(args.rate) and args.rate > 0):
+        raise ValueError(f"--rate must be a positive number, got {args.rate}")
     known = {s.name: s for s in SAMPLES}
     unknown = [s for s in args.samples if s not in known]
     if unknown:
