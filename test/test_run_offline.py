@@ -5,6 +5,8 @@ processed; bad bags give clear errors and leave nothing behind; --data writes PN
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -261,3 +263,15 @@ def test_every_params_file_key_is_accepted_with_the_node_table(tmp_path):
     other.write_text("some_other_node:\n  ros__parameters:\n    a: 1\n")
     with pytest.raises(ValueError, match="no section for scale_field_node"):
         load_settings(other)
+
+
+def test_parameter_parsing_needs_no_ros():
+    """`scale-field run` must work where rclpy is missing: reading the params file imports no ROS module."""
+    code = (
+        "import sys; from scale_field_ros.run_offline import load_settings; "
+        f"load_settings({str(PARAMS_FILE)!r}); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'sensor_msgs')); "
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PARAMS_FILE.parent.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
