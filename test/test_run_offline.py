@@ -32,7 +32,7 @@ from scale_field_ros.run_offline import (
 
 PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "params.yaml"
 RATE_HZ = 30.0
-DECIMATION = 4
+N_LIDAR = 600  # scan-line anchors a frame: enough for the field, few enough to keep the file quick
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def _check_outputs(msgs, n_images, frames, settings):
 def test_sun3d_sqlite_bag_equals_eval_path(backbone, sun3d, tmp_path):
     """Anchors at the image rate, one set an image, filter off: each frame must be the eval path's result."""
     bag = tmp_path / "sun3d_bag"
-    make_bag.make_bag(sun3d.root, bag, rate_hz=RATE_HZ, anchor_rate_hz=RATE_HZ, anchors="lidar", storage="sqlite3")
+    make_bag.make_bag(sun3d.root, bag, rate_hz=RATE_HZ, anchor_rate_hz=RATE_HZ, anchors="lidar", storage="sqlite3",
+                      anchor_count=N_LIDAR)  # fmt: skip
     overrides = {"filter.enabled": False, "anchor_max_age": 0.01, "max_depth_m": sun3d.max_depth_m}
     settings, config = load_settings(PARAMS_FILE, overrides)
     out = tmp_path / "out.mcap"
@@ -103,7 +104,7 @@ def test_sun3d_sqlite_bag_equals_eval_path(backbone, sun3d, tmp_path):
         np.testing.assert_allclose(depth, pipe.process(f.rgb, bag_anchors).depth_m, rtol=1e-5, atol=1e-5)
         # and scores as `scale-field eval` does with make-bag's draw (the bag's float32 points move the anchors
         # by ~1e-5 px, which the local correction does not ignore everywhere: compare scores, not pixels)
-        draw = draw_anchors(f, "lidar", make_bag.DEFAULT_ANCHOR_COUNTS["lidar"], seed=k)
+        draw = draw_anchors(f, "lidar", N_LIDAR, seed=k)
         ref = pipe.process(f.rgb, draw.anchors)
         got = _absrel(depth, draw.truth_depth_m, config, draw.anchors)
         want = _absrel(ref.depth_m, draw.truth_depth_m, config, draw.anchors)
@@ -114,7 +115,7 @@ def test_sun3d_sqlite_bag_equals_eval_path(backbone, sun3d, tmp_path):
 def test_sun3d_default_params_filter_on(backbone, sun3d, tmp_path):
     """The node's own parameters (filter on, 10 Hz anchors): the runner is the Pipeline fed in stamp order."""
     bag = tmp_path / "sun3d.mcap"
-    make_bag.make_bag(sun3d.root, bag, rate_hz=RATE_HZ, anchors="lidar")
+    make_bag.make_bag(sun3d.root, bag, rate_hz=RATE_HZ, anchors="vio")
     settings, config = load_settings(PARAMS_FILE)
     assert config.filter.enabled
     seen = []
@@ -233,12 +234,16 @@ def test_data_folder_outputs(backbone, sun3d, kitti_lidar, tmp_path):
         assert metrics["frames"][k]["absrel"] == pytest.approx(_absrel(depth, draw.truth_depth_m, config, draw.anchors))
     with pytest.raises(ValueError, match="exists already"):
         run_dataset(sun3d.root, out, settings, config, backbone, progress=False)
-    # KITTI with its own LiDAR: all of the scan anchors -> no ground truth left, no metrics.json
+    # KITTI with its own LiDAR (auto): part of the scan anchors, the rest scores
     settings, config = load_settings(PARAMS_FILE)
-    summary = run_dataset(kitti_lidar.root, tmp_path / "kitti", settings, config, backbone, progress=False)
-    assert summary.pattern == "native" and summary.metrics is None
-    assert not (tmp_path / "kitti" / "metrics.json").exists()
-    assert (tmp_path / "kitti" / "depth" / "000008.png").is_file()
+    summary = run_dataset(kitti_lidar.root, tmp_path / "kitti", settings, config, backbone, anchor_count=1000,
+                          progress=False)  # fmt: skip
+    assert summary.pattern == "native" and summary.metrics["absrel"] < 0.3
+    assert json.loads((tmp_path / "kitti" / "metrics.json").read_text())["frames"][0]["anchors"] == 1000
+    png = cv2.imread(str(tmp_path / "kitti" / "depth" / "000008.png"), cv2.IMREAD_UNCHANGED)
+    npy = np.load(tmp_path / "kitti" / "depth" / "000008.npy")
+    far = npy > 65.535  # beyond 16-bit millimetres: no data in the PNG, kept in the .npy
+    assert np.all(png[far] == 0) and np.abs(png[~far] / 1000.0 - npy[~far]).max() <= 0.001
 
 
 def test_every_params_file_key_is_accepted_with_the_node_table(tmp_path):
