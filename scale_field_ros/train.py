@@ -249,7 +249,9 @@ def analytic_stack(sample: Sample, basis_cfg):
 # -------------------------------------------------------------------------------------------- train
 
 
-def train(train_dirs, val_dirs, backbone, cfg: TrainConfig, out_path, progress: bool = True) -> TrainResult:
+def train(
+    train_dirs, val_dirs, backbone, cfg: TrainConfig, out_path, progress: bool = True, basis_config=None
+) -> TrainResult:
     import torch
     from tqdm import tqdm
 
@@ -258,7 +260,7 @@ def train(train_dirs, val_dirs, backbone, cfg: TrainConfig, out_path, progress: 
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    basis_cfg = BasisConfig()
+    basis_cfg = basis_config or BasisConfig()
     t0 = time.perf_counter()
     train_views = load_views(train_dirs, backbone, cfg, basis_cfg.work_long_side, rng, augmented=True)
     val_views = load_views(val_dirs, backbone, cfg, basis_cfg.work_long_side, rng, augmented=False) if val_dirs else []
@@ -309,7 +311,7 @@ def train(train_dirs, val_dirs, backbone, cfg: TrainConfig, out_path, progress: 
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
         head.eval()
         with torch.no_grad():
@@ -320,10 +322,6 @@ def train(train_dirs, val_dirs, backbone, cfg: TrainConfig, out_path, progress: 
         history.append(row)
         LOG.info(
             "epoch %d: train %.4f, val %.4f (analytic %.4f)", epoch + 1, row["train_loss"] or np.nan, val, analytic_val
-        )
-        print(
-            f"epoch {epoch + 1}: train {row['train_loss']:.4f}  val {val:.4f}  (analytic bases {analytic_val:.4f})",
-            file=sys.stderr,
         )
         if val < best[0]:
             best = (val, epoch + 1)
