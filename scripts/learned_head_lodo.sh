@@ -19,3 +19,18 @@ for held in "${ALL[@]}"; do
     --noise 0.02 --methods ga_inv,field,field_learned --basis-checkpoint "$OUT/head_wo_$held.pt" \
     --json "$OUT/eval_$held.json" 2> "$OUT/eval_$held.log"
 done
+# Markdown table: AbsRel / RMSE per held-out dataset, anchor count and method
+$PY - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("| held out | pattern | anchors | ga_inv AbsRel | field AbsRel | field_learned AbsRel | field RMSE | field_learned RMSE |")
+print("|---|---|---|---|---|---|---|---|")
+for f in sorted(out.glob("eval_*.json")):
+    rows = json.loads(f.read_text())["rows"]
+    by = {(r["anchors"], r["method"]): r for r in rows}
+    for n in sorted({r["anchors"] for r in rows}):
+        g = lambda m, k: by[(n, m)][k] if (n, m) in by and by[(n, m)][k] is not None else float("nan")
+        print(f"| {rows[0]['dataset']} | {rows[0]['pattern']} | {n} | {g('ga_inv','absrel'):.4f} | {g('field','absrel'):.4f} "
+              f"| {g('field_learned','absrel'):.4f} | {g('field','rmse'):.3f} | {g('field_learned','rmse'):.3f} |")
+PY
