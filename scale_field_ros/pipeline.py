@@ -114,9 +114,11 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, backbone: Backbone | None, config: PipelineConfig | None = None):
+    def __init__(self, backbone: Backbone | None, config: PipelineConfig | None = None, bases_fn=None):
         self.backbone = backbone
         self.config = config or PipelineConfig()
+        # (BackboneOutput, BasisConfig, n_anchors) -> BasisSet: analytic by default, or basis_head.LearnedBases
+        self.bases_fn = bases_fn or build_bases
         self._filter = None
         self._signature = ""
         self.reset()
@@ -141,7 +143,7 @@ class Pipeline:
         t0 = time.perf_counter()
         h, w = out.shape
         clean = anchors.sanitized(w, h, cfg.min_depth_m, cfg.max_depth_m)
-        bases = build_bases(out, cfg.basis, len(clean))
+        bases = self.bases_fn(out, cfg.basis, len(clean))
         t1 = time.perf_counter()
 
         design = anchor_design(bases, clean, cfg.noise_rel)
