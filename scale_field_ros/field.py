@@ -60,7 +60,7 @@ def loose_prior(bases: BasisSet, config: PriorConfig) -> Prior:
     mean[0] = s
     std = np.full(k, config.basis_rel_std * s)
     std[0] = config.scale_rel_std * s
-    std[-1] = config.shift_rel_std * s
+    std[-1] = _shift_std(bases, config) * s
     return Prior.diagonal(mean, std)
 
 
@@ -73,8 +73,13 @@ def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfi
     mean[-1] = shift
     std = np.full(k, config.basis_rel_std * s)
     std[0] = config.scale_rel_std * s
-    std[-1] = config.shift_rel_std * s
+    std[-1] = _shift_std(bases, config) * s
     return Prior.diagonal(mean, std)
+
+
+def _shift_std(bases: BasisSet, config: PriorConfig) -> float:
+    """Relative prior std of the shift: pinned near 0 when the family is scale only (tier -1)."""
+    return config.shift_rel_std if getattr(bases, "shift_free", True) else 1e-6
 
 
 def anchor_fitted(design: Design, weights: np.ndarray) -> np.ndarray:
