@@ -95,35 +95,57 @@ def compose(
     local: LocalCorrection | None = None,
     misfit_log_var: float = 0.0,
 ) -> FieldEstimate:
-    """Metric depth, per-pixel std and scale field at full resolution (never NaN)."""
+    """Metric depth, per-pixel std and scale field at full resolution (never NaN).
+
+    Everything smooth is done at working resolution: the field S, the local factor exp(R) folded into
+    A = S exp(R) and B = c exp(R), and the uncertainty (at half the working resolution); only
+    inv = up(A) * g + up(B) and the outputs derived from it touch full-resolution pixels (float32, cv2)."""
     h, w = bases.full_shape
     k = bases.k
-    wk = np.nan_to_num(np.asarray(weights, np.float64))
+    wk = np.asarray(weights, np.float64)
+    if not np.all(np.isfinite(wk)):
+        wk = np.nan_to_num(wk)
     s_work = np.tensordot(wk[:k].astype(np.float32), bases.maps, axes=1)
-    log_corr_work = None
-    var_log_work = np.full(bases.work_shape, misfit_log_var, np.float32)
+    shift = np.float32(wk[k])
+    lo, hi = np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m)
     if local is not None:
-        log_corr_work = local.log_ratio
+        factor = np.exp(local.log_ratio.astype(np.float32))
+        a_full = _upsample(s_work * factor, (h, w))
+        inv = cv2.multiply(a_full, bases.inv_rel)
+        inv += _upsample(shift * factor, (h, w))
         var_log_work = local.variance()
-    s_full = _upsample(s_work, (h, w))
-    inv = s_full * bases.inv_rel + np.float32(wk[k])
-    if log_corr_work is not None:
-        inv *= np.exp(_upsample(log_corr_work, (h, w)))
-    inv = np.nan_to_num(inv, nan=1.0 / max_depth_m, posinf=1.0 / min_depth_m, neginf=1.0 / max_depth_m)
-    np.clip(inv, 1.0 / max_depth_m, 1.0 / min_depth_m, out=inv)
-    depth = (1.0 / inv).astype(np.float32)
-    # uncertainty: posterior covariance of the weights propagated at working resolution, plus misfit
-    m = np.concatenate(
-        [bases.maps.reshape(k, -1) * bases.inv_rel_work.reshape(1, -1), np.ones((1, bases.maps[0].size), np.float32)]
-    ).astype(np.float64)
-    cov = np.nan_to_num(np.asarray(covariance, np.float64))
-    var_inv = np.einsum("kp,kp->p", cov @ m, m).reshape(bases.work_shape)
-    inv_work = np.maximum(np.abs(s_work * bases.inv_rel_work + wk[k]), 1.0 / max_depth_m)
-    var_log = np.maximum(var_inv, 0.0) / inv_work**2 + var_log_work
-    std_rel = _upsample(np.sqrt(var_log).astype(np.float32), (h, w))
-    std_m = np.nan_to_num(depth * std_rel, nan=max_depth_m, posinf=max_depth_m).astype(np.float32)
-    scale_field = (inv / np.maximum(bases.inv_rel, 1e-6)).astype(np.float32)
-    return FieldEstimate(depth, std_m, scale_field, inv.astype(np.float32))
+    else:
+        inv = cv2.multiply(_upsample(s_work, (h, w)), bases.inv_rel)
+        inv += shift
+        var_log_work = np.float32(misfit_log_var)
+    if not np.isfinite(float(inv.sum())):  # only a degenerate fit gets here
+        inv = np.nan_to_num(inv, nan=lo, posinf=hi, neginf=lo)
+    np.clip(inv, lo, hi, out=inv)
+    depth = cv2.divide(1.0, inv, dtype=cv2.CV_32F)
+    std_rel = _upsample(_relative_std(bases, wk, covariance, s_work, shift, lo, var_log_work), (h, w))
+    std_m = cv2.multiply(depth, std_rel)
+    if not np.isfinite(float(std_m.sum())):
+        std_m = np.nan_to_num(std_m, nan=max_depth_m, posinf=max_depth_m).astype(np.float32)
+    scale_field = cv2.divide(inv, np.maximum(bases.inv_rel, np.float32(1e-6)), dtype=cv2.CV_32F)
+    return FieldEstimate(depth, std_m, scale_field, inv)
+
+
+def _relative_std(bases, wk, covariance, s_work, shift, lo, var_log_work) -> np.ndarray:
+    """Std of log depth at working resolution: the weights' posterior covariance propagated through the
+    model (on a 2x coarser grid, it is smooth), plus the misfit / local-correction variance."""
+    k = bases.k
+    cov = np.asarray(covariance, np.float64)
+    if not np.all(np.isfinite(cov)):
+        cov = np.nan_to_num(cov)
+    evals, evecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    root = (evecs * np.sqrt(np.maximum(evals, 0.0))).astype(np.float32)  # cov = root @ root.T
+    g2 = bases.inv_rel_work[::2, ::2]
+    m = np.concatenate([(bases.maps[:, ::2, ::2] * g2).reshape(k, -1), np.ones((1, g2.size), np.float32)])
+    z = root.T @ m
+    var_inv = np.einsum("kp,kp->p", z, z).reshape(g2.shape)
+    var_inv = _upsample(var_inv, bases.work_shape)
+    inv_work = np.maximum(np.abs(s_work * bases.inv_rel_work + shift), lo)
+    return np.sqrt(var_inv / (inv_work * inv_work) + var_log_work).astype(np.float32)
 
 
 def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
