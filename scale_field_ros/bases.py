@@ -113,7 +113,7 @@ def _relative_inverse_depth_valid(rel: np.ndarray, kind: DepthKind, constant: bo
     med_rel = float(np.median(sub))
     if kind is DepthKind.DEPTH:
         med = 1.0 / med_rel  # the median of 1/x is 1/median(x)
-        g = cv2.divide(med_rel, rel, dtype=cv2.CV_32F)  # inv / med = med_rel / rel
+        g = np.divide(np.float32(med_rel), rel)  # inv / med = med_rel / rel
     else:
         med = med_rel
         g = rel * np.float32(1.0 / med_rel)
@@ -288,10 +288,11 @@ def position_maps(work_shape: tuple[int, int], degree: int) -> PositionMaps:
 
 def depth_partition(log_g: np.ndarray, bins: int) -> list[np.ndarray]:
     """Soft partition of unity over log relative inverse depth: hat functions centred on quantiles."""
-    centres = np.quantile(log_g, (np.arange(bins) + 0.5) / bins)
+    sub = log_g[::2, ::2] if log_g.ndim == 2 and min(log_g.shape) >= 8 else log_g  # quantiles need no more
+    centres = np.quantile(sub, (np.arange(bins) + 0.5) / bins)
     centres = np.maximum.accumulate(centres + np.arange(bins) * 1e-4)
-    t = np.interp(log_g, centres, np.arange(bins, dtype=np.float64))  # clamped outside the end centres
-    return [np.clip(1.0 - np.abs(t - i), 0.0, 1.0).astype(np.float32) for i in range(bins)]
+    t = np.interp(log_g, centres, np.arange(bins, dtype=np.float64)).astype(np.float32)  # clamped at the ends
+    return [np.maximum(1.0 - np.abs(t - np.float32(i)), 0.0) for i in range(bins)]
 
 
 def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
@@ -310,44 +311,74 @@ def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.
     if fmap is None:
         return []
     c, fh, fw = fmap.shape
-    x = np.nan_to_num(fmap.reshape(c, -1).astype(np.float64))
-    x -= x.mean(axis=1, keepdims=True)
-    cov = x @ x.T / max(x.shape[1] - 1, 1)
+    x = np.asarray(fmap, np.float32).reshape(c, -1)
+    if not np.all(np.isfinite(x)):
+        x = np.nan_to_num(x)
+    x = x - x.mean(axis=1, keepdims=True)
+    cov = (x @ x.T).astype(np.float64) / max(x.shape[1] - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
     k = min(config.feature_components, c)
     order = np.argsort(evals)[::-1][:k]
     if evals[order[0]] <= 1e-12:
         return []
-    comps = (evecs[:, order].T @ x).reshape(k, fh, fw).astype(np.float32)
+    order = order[evals[order] > 1e-9 * evals[order[0]]]
+    comps = (evecs[:, order].T.astype(np.float32) @ x).reshape(len(order), fh, fw)
     h, w = log_g_work.shape
     guide_small = cv2.resize(log_g_work, (fw, fh), interpolation=cv2.INTER_AREA).ravel()
     guide_small = guide_small - guide_small.mean()
-    result = []
-    for comp, ev in zip(comps, evals[order], strict=True):
-        if ev <= 1e-9 * evals[order[0]]:
-            continue
-        if float(comp.ravel() @ guide_small) < 0:  # deterministic sign
-            comp = -comp
-        up = cv2.resize(comp, (w, h), interpolation=cv2.INTER_LINEAR)
-        up = guided_filter(log_g_work.astype(np.float32), up, config.guided_radius, config.guided_eps)
-        up = up - up.mean()
-        result.append(up.astype(np.float32))
-    return result
+    signs = np.where(comps.reshape(len(order), -1) @ guide_small < 0, -1.0, 1.0).astype(np.float32)  # deterministic
+    # all components in one multi-channel image, one fast guided filter for all of them
+    stacked = np.ascontiguousarray((comps * signs[:, None, None]).transpose(1, 2, 0))
+    up = guided_upsample(log_g_work.astype(np.float32), stacked, config.guided_radius, config.guided_eps)
+    maps = np.ascontiguousarray(up.transpose(2, 0, 1))
+    maps -= maps.mean(axis=(1, 2), keepdims=True)
+    return list(maps)
+
+
+def guided_upsample(guide: np.ndarray, src_small: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Fast guided filter (He and Sun 2015): the guided filter's linear coefficients a, b are fitted at the
+    resolution of `src_small` (h' x w' x C) against the guide shrunk to it, then upsampled and applied to the
+    full guide (h x w): edges of the guide, at the cost of the small image. Returns h x w x C float32."""
+    h, w = guide.shape
+    sh, sw = src_small.shape[:2]
+    c = src_small.shape[2]
+    guide_small = cv2.resize(guide, (sw, sh), interpolation=cv2.INTER_AREA)
+    r_small = max(1, int(round(radius * sw / w)))
+    ksize = (2 * r_small + 1, 2 * r_small + 1)
+
+    def box(a):
+        return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT).reshape(a.shape)
+
+    mean_i = box(guide_small)[:, :, None]
+    var_i = box(guide_small * guide_small)[:, :, None] - mean_i * mean_i
+    mean_p = box(src_small)
+    cov_ip = box(src_small * guide_small[:, :, None]) - mean_i * mean_p
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    a_up = cv2.resize(box(a), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
+    b_up = cv2.resize(box(b), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
+    return a_up * guide[:, :, None] + b_up
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s guided filter with a grey guide: edges of `guide` are transferred to `src`."""
+    """He et al.'s guided filter with a grey guide: edges of `guide` are transferred to `src`.
+    `src` is h x w or h x w x C (C filtered channels at once)."""
     ksize = (2 * radius + 1, 2 * radius + 1)
 
     def box(a):
         return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT)
 
-    mean_i, mean_p = box(guide), box(src)
-    cov_ip = box(guide * src) - mean_i * mean_p
+    multi = src.ndim == 3
+    g = guide[:, :, None] if multi else guide
+    mean_i = box(guide)
     var_i = box(guide * guide) - mean_i * mean_i
+    if multi:
+        mean_i, var_i = mean_i[:, :, None], var_i[:, :, None]
+    mean_p = box(src).reshape(src.shape)
+    cov_ip = box(src * g).reshape(src.shape) - mean_i * mean_p
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    return box(a) * guide + box(b)
+    return box(a).reshape(src.shape) * g + box(b).reshape(src.shape)
 
 
 def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tuple[int, int]) -> np.ndarray:

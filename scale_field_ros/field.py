@@ -110,23 +110,25 @@ def compose(
     lo, hi = np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m)
     if local is not None:
         factor = np.exp(local.log_ratio.astype(np.float32))
-        a_full = _upsample(s_work * factor, (h, w))
-        inv = cv2.multiply(a_full, bases.inv_rel)
-        inv += _upsample(shift * factor, (h, w))
+        a_work, b_work = s_work * factor, shift * factor
         var_log_work = local.variance()
     else:
-        inv = cv2.multiply(_upsample(s_work, (h, w)), bases.inv_rel)
-        inv += shift
+        a_work, b_work = s_work, None
         var_log_work = np.float32(misfit_log_var)
-    if not np.isfinite(float(inv.sum())):  # only a degenerate fit gets here
-        inv = np.nan_to_num(inv, nan=lo, posinf=hi, neginf=lo)
+    # finite weights, maps and g give a finite result; a degenerate fit is caught here, at working resolution
+    if not (np.isfinite(float(a_work.sum())) and (b_work is None or np.isfinite(float(b_work.sum())))):
+        a_work, b_work, shift = np.zeros_like(s_work), None, lo
+    inv = cv2.multiply(_upsample(a_work, (h, w)), bases.inv_rel)
+    if b_work is None:
+        inv += shift
+    else:
+        inv += _upsample(b_work, (h, w))
     np.clip(inv, lo, hi, out=inv)
-    depth = cv2.divide(1.0, inv, dtype=cv2.CV_32F)
-    std_rel = _upsample(_relative_std(bases, wk, covariance, s_work, shift, lo, var_log_work), (h, w))
-    std_m = cv2.multiply(depth, std_rel)
-    if not np.isfinite(float(std_m.sum())):
-        std_m = np.nan_to_num(std_m, nan=max_depth_m, posinf=max_depth_m).astype(np.float32)
-    scale_field = cv2.divide(inv, np.maximum(bases.inv_rel, np.float32(1e-6)), dtype=cv2.CV_32F)
+    depth = np.reciprocal(inv)
+    std_rel = _relative_std(bases, wk, covariance, s_work, shift, lo, var_log_work)
+    std_rel = np.minimum(np.nan_to_num(std_rel, nan=1.0, posinf=1.0), np.float32(1e3))
+    std_m = cv2.multiply(depth, _upsample(std_rel, (h, w)))
+    scale_field = np.divide(inv, bases.inv_rel)  # inv_rel is clipped to >= 1e-3
     return FieldEstimate(depth, std_m, scale_field, inv)
 
 
