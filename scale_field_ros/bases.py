@@ -36,6 +36,7 @@ class BasisConfig:
     select: bool = True  # with anchors given: pick the tier (or scale only) by spatially blocked cross-validation
     select_skip_anchors: int = 300  # ... unless this many anchors cover every cell of the 4x4 grid (full family)
     select_tolerance: float = 0.02  # a richer rung must lower the held-out error by this fraction to be chosen
+    coverage_penalty: float = 0.5  # ... plus this times (1 - coverage): clustered anchors need stronger evidence
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class BasisSet:
     constant_relative: bool
     tier: int  # -1: scale only (shift pinned to 0), 0: scale and shift, 1..3: families of `tier_for`
     selection: str = ""  # how the tier was chosen (count ladder, or the cross-validation errors)
+    scale_hint: float = 0.0  # tier -1: the median anchor ratio (1/depth) / g, which the field then keeps
+    coverage: float = 1.0  # how evenly the anchors cover the image (1: like uniform random anchors)
 
     @property
     def shift_free(self) -> bool:
@@ -200,8 +203,9 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     n = len(u)
     cell = np.clip((v * 4 / h).astype(np.int64), 0, 3) * 4 + np.clip((u * 4 / w).astype(np.int64), 0, 3)
     occupied = np.unique(cell)
-    if n >= config.select_skip_anchors and len(occupied) == 16:
-        return full
+    coverage = anchor_coverage(u, v, (h, w))
+    if n >= config.select_skip_anchors and len(occupied) == 16 and coverage > 0.9:
+        return dataclasses.replace(full, coverage=coverage)
     col = np.clip(np.round(u).astype(np.int64), 0, w - 1)
     row = np.clip(np.round(v).astype(np.int64), 0, h - 1)
     g = full.inv_rel[row, col].astype(np.float64)
@@ -209,7 +213,8 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     ratio = y / g
     s0 = float(np.median(ratio))
     if len(occupied) < 2 or not (np.isfinite(s0) and s0 > 0):
-        return _restrict(full, -1, "scale only: anchors in one grid cell")
+        hint = s0 if np.isfinite(s0) and s0 > 0 else 0.0
+        return _restrict(full, -1, "scale only: anchors in one grid cell", hint)
     log_r = np.log(ratio / s0)
     mad = 1.4826 * float(np.median(np.abs(log_r - np.median(log_r))))
     good = np.abs(log_r - np.median(log_r)) <= max(4.0 * mad, np.log(1.5))
@@ -244,19 +249,35 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
             err += float(np.sum(np.minimum(np.abs(np.log(np.maximum(pred, 1e-3))), 0.5)))
         errors.append(err / max(len(a), 1))
     best = min(errors)
-    pick = next(i for i, e in enumerate(errors) if e <= best * (1.0 + config.select_tolerance) + 1e-12)
-    why = "cv " + " ".join(f"{t}:{e:.4f}" for (t, _), e in zip(rungs, errors, strict=True))
-    return _restrict(full, rungs[pick][0], why)
+    tolerance = config.select_tolerance + config.coverage_penalty * (1.0 - coverage)
+    pick = next(i for i, e in enumerate(errors) if e <= best * (1.0 + tolerance) + 1e-12)
+    why = f"cv (coverage {coverage:.2f}) " + " ".join(f"{t}:{e:.4f}" for (t, _), e in zip(rungs, errors, strict=True))
+    return dataclasses.replace(_restrict(full, rungs[pick][0], why, s0), coverage=coverage)
 
 
-def _restrict(full: BasisSet, tier: int, why: str) -> BasisSet:
-    """The sub-family of `full` for `tier` (-1 and 0 keep only the constant map)."""
+def anchor_coverage(u: np.ndarray, v: np.ndarray, shape: tuple[int, int], cells: int = 8) -> float:
+    """Occupied cells of a cells x cells image grid over the number n uniformly random anchors would occupy
+    on average (capped at 1): about 1 for spread anchors, small for clustered ones (corners, one object)."""
+    h, w = shape
+    n = len(u)
+    if n == 0:
+        return 0.0
+    cx = np.clip((np.asarray(u) * cells / w).astype(np.int64), 0, cells - 1)
+    cy = np.clip((np.asarray(v) * cells / h).astype(np.int64), 0, cells - 1)
+    occupied = np.unique(cy * cells + cx).size
+    expected = cells * cells * (1.0 - (1.0 - 1.0 / (cells * cells)) ** n)
+    return float(min(1.0, occupied / expected))
+
+
+def _restrict(full: BasisSet, tier: int, why: str, scale_hint: float = 0.0) -> BasisSet:
+    """The sub-family of `full` for `tier` (-1 and 0 keep only the constant map). Scale only (-1) is median
+    scaling: the median ratio is a more robust scale than a least-squares fit when anchors are few."""
+    hint = float(scale_hint) if tier == -1 else 0.0
     if tier == full.tier:
-        return dataclasses.replace(full, selection=why)
+        return dataclasses.replace(full, selection=why, scale_hint=hint)
     cols = _tier_columns(full.names, tier)
-    return dataclasses.replace(
-        full, maps=full.maps[cols], names=tuple(full.names[i] for i in cols), tier=tier, selection=why
-    )
+    names = tuple(full.names[i] for i in cols)
+    return dataclasses.replace(full, maps=full.maps[cols], names=names, tier=tier, selection=why, scale_hint=hint)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from .bases import BasisSet, sample_maps
 from .residual_grid import LocalCorrection
 from .solver import Design, Prior
 
+MEDIAN_SCALE_REL_STD = 1e-3  # tier -1 (median scaling): the scale stays at the median ratio
+
 
 @dataclass(frozen=True)
 class PriorConfig:
@@ -58,9 +60,12 @@ def loose_prior(bases: BasisSet, config: PriorConfig) -> Prior:
     s = bases.scale_inv_rel
     mean = np.zeros(k)
     mean[0] = s
-    std = np.full(k, config.basis_rel_std * s)
+    std = np.full(k, config.basis_rel_std * _reach(bases) * s)
     std[0] = config.scale_rel_std * s
     std[-1] = _shift_std(bases, config) * s
+    hint = getattr(bases, "scale_hint", 0.0)
+    if hint > 0:  # median scaling chosen: hold the scale at the median anchor ratio
+        mean[0], std[0] = hint, MEDIAN_SCALE_REL_STD * hint
     return Prior.diagonal(mean, std)
 
 
@@ -71,10 +76,19 @@ def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfi
     mean = np.zeros(k)
     mean[0] = scale
     mean[-1] = shift
-    std = np.full(k, config.basis_rel_std * s)
+    std = np.full(k, config.basis_rel_std * _reach(bases) * s)
     std[0] = config.scale_rel_std * s
     std[-1] = _shift_std(bases, config) * s
+    hint = getattr(bases, "scale_hint", 0.0)
+    if hint > 0:
+        mean[0], std[0] = hint, MEDIAN_SCALE_REL_STD * hint
     return Prior.diagonal(mean, std)
+
+
+def _reach(bases: BasisSet) -> float:
+    """Prior std factor of the non-constant bases: anchors that cover little of the image may only bend the
+    field a little (it would extrapolate the bend over the uncovered part)."""
+    return float(np.clip(getattr(bases, "coverage", 1.0), 0.1, 1.0))
 
 
 def _shift_std(bases: BasisSet, config: PriorConfig) -> float:
