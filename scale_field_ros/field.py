@@ -132,7 +132,9 @@ def compose(
     # finite weights, maps and g give a finite result; a degenerate fit is caught here, at working resolution
     if not (np.isfinite(float(a_work.sum())) and (b_work is None or np.isfinite(float(b_work.sum())))):
         a_work, b_work, shift = np.zeros_like(s_work), None, lo
-    inv = cv2.multiply(_upsample(a_work, (h, w)), bases.inv_rel)
+    # in place where possible: every fresh full-resolution array costs page faults
+    inv = _upsample(a_work, (h, w))
+    np.multiply(inv, bases.inv_rel, out=inv)
     if b_work is None:
         inv += shift
     else:
@@ -141,7 +143,8 @@ def compose(
     depth = np.reciprocal(inv)
     std_rel = _relative_std(bases, wk, covariance, s_work, shift, lo, var_log_work)
     std_rel = np.minimum(np.nan_to_num(std_rel, nan=1.0, posinf=1.0), np.float32(1e3))
-    std_m = cv2.multiply(depth, _upsample(std_rel, (h, w)))
+    std_m = _upsample(std_rel, (h, w))
+    np.multiply(std_m, depth, out=std_m)
     scale_field = np.divide(inv, bases.inv_rel)  # inv_rel is clipped to >= 1e-3
     return FieldEstimate(depth, std_m, scale_field, inv)
 
@@ -167,5 +170,5 @@ def _relative_std(bases, wk, covariance, s_work, shift, lo, var_log_work) -> np.
 def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     if a.shape == (h, w):
-        return a.astype(np.float32)
+        return a.astype(np.float32)  # a copy: callers write into the result
     return cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
