@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from .anchors import Anchors
 from .backbone import BackboneOutput
 from .bases import BasisConfig, BasisSet, relative_inverse_depth, working_shape
 
@@ -204,7 +205,7 @@ def tap_tensors(features: dict[str, np.ndarray], spec: HeadSpec) -> list[torch.T
 
 
 class LearnedBases:
-    """Basis provider with `build_bases`' signature: (BackboneOutput, BasisConfig, n_anchors) -> BasisSet."""
+    """Basis provider with `build_bases`' signature: (BackboneOutput, BasisConfig, n_anchors, anchors) -> BasisSet."""
 
     def __init__(self, head: BasisHead, training: dict | None = None) -> None:
         self.head = head.eval()
@@ -226,7 +227,9 @@ class LearnedBases:
         with torch.inference_mode():
             return self.head(feats, torch.from_numpy(g)[None, None])
 
-    def __call__(self, out: BackboneOutput, config: BasisConfig, n_anchors: int) -> BasisSet:
+    def __call__(
+        self, out: BackboneOutput, config: BasisConfig, n_anchors: int, anchors: Anchors | None = None
+    ) -> BasisSet:
         g, med, constant = relative_inverse_depth(out)
         h, w = working_shape(g.shape, config.work_long_side)
         import cv2

@@ -143,7 +143,7 @@ class Pipeline:
         t0 = time.perf_counter()
         h, w = out.shape
         clean = anchors.sanitized(w, h, cfg.min_depth_m, cfg.max_depth_m)
-        bases = self.bases_fn(out, cfg.basis, len(clean))
+        bases = self.bases_fn(out, cfg.basis, len(clean), clean)
         t1 = time.perf_counter()
 
         design = anchor_design(bases, clean, cfg.noise_rel)
@@ -205,7 +205,7 @@ class Pipeline:
         a = anchors.subset(np.flatnonzero(ok))
         # outliers for the local term: anchors that disagree with their neighbours (misfit of the global field
         # is spatially coherent, a wrong anchor is not)
-        keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log)
+        keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log, log_g=_log_g_at(bases, a))
         if keep.sum() < self.config.local.min_anchors:
             return None
         a = a.subset(np.flatnonzero(keep))
@@ -218,6 +218,13 @@ class Pipeline:
         return local_correction(
             xw, yw, log_ratio, a.weight.astype(np.float64), np.log(bases.inv_rel_work), self.config.local, hull
         )
+
+
+def _log_g_at(bases, anchors: Anchors) -> np.ndarray:
+    h, w = bases.full_shape
+    col = np.clip(np.round(anchors.u).astype(np.int64), 0, w - 1)
+    row = np.clip(np.round(anchors.v).astype(np.int64), 0, h - 1)
+    return np.log(bases.inv_rel[row, col].astype(np.float64))
 
 
 def _misfit_log_var(design, fit: FitResult) -> float:
