@@ -1,11 +1,13 @@
 """The scale-field stage in torch: batched, differentiable, on any device, with the numpy core's math.
 
 Mirrors `solver.solve` (Kalman-form robust ridge toward a prior: Huber IRLS on MAD-normalised residuals,
-hard rejection, the full -> scale+shift -> scale -> prior ladder), `field.anchor_design`, `field.prior_around`
-and `field.compose` (without the local residual correction), over a batch of frames padded to a common
-anchor count (`mask` marks real rows). The numpy modules stay the reference: `test/test_field_torch.py` checks
-this one against them on real frames. Uses: the GPU path (weights and depth stay on the device) and training
-the learned basis head (gradients flow from the loss through the solve into the basis maps).
+hard rejection, the full -> scale+shift -> scale -> prior ladder) and `field.anchor_design` over a batch of
+frames padded to a common anchor count (`mask` marks real rows). The prior and compose (without the local
+residual correction) are not copies: they run `field.prior_moments` / `field.compose_arrays`, written once
+against a tiny array namespace (`array_namespace.NUMPY` there, `TorchOps` here). The numpy modules stay the
+reference: `test/test_field_torch.py` checks this one against them on real frames. Uses: the GPU path
+(weights and depth stay on the device) and training the learned basis head (gradients flow from the loss
+through the solve into the basis maps).
 
 Numerical safety with few anchors: the prior precision keeps every normal matrix SPD; solves are Cholesky on
 the Jacobi-scaled matrix with a small jitter, retried with a larger one where the factorisation fails.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .field import PriorConfig
+from .field import PriorConfig, compose_arrays, prior_moments
 from .solver import FitLevel, SolverConfig
 
 LADDER = (FitLevel.FULL, FitLevel.SCALE_SHIFT, FitLevel.SCALE, FitLevel.PRIOR)  # index = level code
@@ -201,7 +203,7 @@ def solve(
         w_new = solve_spd(prec_new, eta_prior + (a_f.transpose(1, 2) @ (wt * y_f)[..., None])[..., 0])
         finite = torch.isfinite(w_new).all(-1)
         update = active & finite
-        converged = (w_new - w).abs().amax(-1) <= 1e-6 * (1.0 + w.abs().amax(-1))
+        converged = (w_new - w).abs().amax(-1) <= config.irls_tolerance * (1e-12 + w_new.abs().amax(-1))
         prec = torch.where(active[:, None, None], prec_new, prec)
         keep = torch.where(active[:, None], keep_new, keep)
         w = torch.where(update[:, None], w_new, w)
@@ -320,19 +322,32 @@ def anchor_design(
 
 
 def prior_around(
-    scale: torch.Tensor, shift: torch.Tensor, scale_inv_rel: torch.Tensor, k: int, config: PriorConfig
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    scale_inv_rel: torch.Tensor,
+    k: int,
+    config: PriorConfig,
+    coverage: float | torch.Tensor = 1.0,
+    shift_free: bool | torch.Tensor = True,
+    scale_hint: float | torch.Tensor = 0.0,
 ) -> TorchPrior:
-    """Batched `field.prior_around` over K bases (+1 shift weight); `loose_prior` is scale=scale_inv_rel, shift=0."""
-    dtype = scale.dtype
-    good = torch.isfinite(scale) & (scale != 0)
-    s = torch.where(good, scale.abs(), scale_inv_rel.to(dtype)).detach()
-    mean = torch.zeros(scale.shape[0], k + 1, dtype=dtype, device=scale.device)
-    mean[:, 0] = scale
-    mean[:, -1] = shift
-    std = (config.basis_rel_std * s)[:, None].repeat(1, k + 1)
-    std[:, 0] = config.scale_rel_std * s
-    std[:, -1] = config.shift_rel_std * s
-    return TorchPrior(mean.detach(), torch.diag_embed(std**2))
+    """Batched `field.prior_around` over K bases (+1 shift weight); `loose_prior` is scale=scale_inv_rel, shift=0.
+
+    coverage, shift_free and scale_hint are the `BasisSet` fields of the same names (a value or one per frame).
+    """
+    xp = TorchOps(scale.dtype, scale.device)
+    mean, std = prior_moments(
+        xp,
+        scale.detach(),
+        xp.work(shift).detach(),
+        xp.work(scale_inv_rel).detach(),
+        k,
+        config,
+        xp.work(coverage),
+        torch.as_tensor(shift_free, dtype=torch.bool, device=scale.device),
+        xp.work(scale_hint),
+    )
+    return TorchPrior(mean, torch.diag_embed(std**2))
 
 
 def fit_field(
@@ -341,13 +356,19 @@ def fit_field(
     prior_config: PriorConfig = PriorConfig(),  # noqa: B008 - frozen
     solver_config: SolverConfig = SolverConfig(),  # noqa: B008 - frozen
     robust: bool = True,
+    coverage: float | torch.Tensor = 1.0,
+    shift_free: bool | torch.Tensor = True,
+    scale_hint: float | torch.Tensor = 0.0,
 ) -> TorchFit:
-    """The pipeline's two solves: global scale+shift from a loose prior, then the field around it."""
+    """The pipeline's two solves: global scale+shift from a loose prior, then the field around it.
+
+    coverage, shift_free, scale_hint: the frames' `BasisSet` fields (tier chosen by cross-validation)."""
     k = design.matrix.shape[-1] - 1
     scale_inv_rel = scale_inv_rel.to(design.matrix.dtype)
-    loose = prior_around(scale_inv_rel, torch.zeros_like(scale_inv_rel), scale_inv_rel, k, prior_config)
+    family = (coverage, shift_free, scale_hint)
+    loose = prior_around(scale_inv_rel, torch.zeros_like(scale_inv_rel), scale_inv_rel, k, prior_config, *family)
     ga = solve(design, loose, solver_config, FitLevel.SCALE_SHIFT, robust)
-    prior = prior_around(ga.weights[:, 0].detach(), ga.weights[:, -1].detach(), scale_inv_rel, k, prior_config)
+    prior = prior_around(ga.weights[:, 0], ga.weights[:, -1], scale_inv_rel, k, prior_config, *family)
     fit = solve(design, prior, solver_config, FitLevel.FULL, robust)
     # as the pipeline: a failed field fit falls back to the global alignment
     use_ga = (fit.level == 3) & (ga.level != 3)
@@ -360,11 +381,65 @@ def fit_field(
     )
 
 
+class TorchOps:
+    """The torch side of `array_namespace`: batched, in `dtype` on `device`, never in place (autograd-safe)."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)  # sqrt, abs, exp, where, isfinite, einsum, nan_to_num, ...
+
+    def work(self, a) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=self.dtype, device=self.device)
+
+    exact = work  # one precision for the per-pixel math and the small linear algebra
+
+    @staticmethod
+    def clip(a, lo=None, hi=None):
+        return torch.clamp(a, lo, hi)
+
+    @staticmethod
+    def cat(arrays, axis: int):
+        return torch.cat(arrays, dim=axis)
+
+    def stack(self, values, axis: int = -1):
+        return torch.stack(torch.broadcast_tensors(*(self.work(v) for v in values)), dim=axis)
+
+    @staticmethod
+    def eigh(a):
+        return torch.linalg.eigh(a)
+
+    @staticmethod
+    def combine(weights: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...k,...khw->...hw", weights, maps)
+
+    @staticmethod
+    def upsample(a: torch.Tensor, shape) -> torch.Tensor:
+        return upsample(a, shape)
+
+    @staticmethod
+    def mul_into(a, b):
+        return a * b
+
+    @staticmethod
+    def add_into(a, b):
+        return a + b
+
+    @staticmethod
+    def clip_into(a, lo, hi):
+        return torch.clamp(a, lo, hi)
+
+
 def upsample(a: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) -> (B, H, W) bilinear with half-pixel centres (cv2.INTER_LINEAR when enlarging)."""
-    if tuple(a.shape[-2:]) == tuple(shape):
+    """(..., h, w) -> (..., H, W) bilinear with half-pixel centres (cv2.INTER_LINEAR when enlarging)."""
+    shape = tuple(int(x) for x in shape)
+    if tuple(a.shape[-2:]) == shape:
         return a
-    return F.interpolate(a[:, None], size=shape, mode="bilinear", align_corners=False)[:, 0]
+    lead = a.shape[:-2]
+    flat = a.reshape(-1, 1, *a.shape[-2:])
+    return F.interpolate(flat, size=shape, mode="bilinear", align_corners=False).reshape(*lead, *shape)
 
 
 def compose(
@@ -380,31 +455,24 @@ def compose(
     """Batched `field.compose` without the local correction: depth, per-pixel std, scale field (never NaN).
 
     maps (B, K, h, w) at working resolution, inv_rel (B, H, W), inv_rel_work (B, h, w), weights (B, K+1),
-    covariance (B, K+1, K+1); misfit_log_var a float or (B,) added to the log-depth variance.
+    covariance (B, K+1, K+1); misfit_log_var a float or (B,) added to the log-depth variance. Computed in
+    maps.dtype (numpy composes in float32).
     """
-    bsz, k, h, w = maps.shape
-    full = tuple(inv_rel.shape[-2:])
-    dtype = maps.dtype
-    wk = torch.nan_to_num(weights.to(dtype))
-    s_work = torch.einsum("bk,bkhw->bhw", wk[:, :k], maps)
-    shift = wk[:, k, None, None]
-    inv = upsample(s_work, full) * inv_rel.to(dtype) + shift
-    lo, hi = 1.0 / max_depth_m, 1.0 / min_depth_m
-    inv = torch.nan_to_num(inv, nan=lo, posinf=hi, neginf=lo).clamp(lo, hi)
-    depth = 1.0 / inv
-    g_work = inv_rel_work.to(dtype)
-    m = torch.cat(
-        [maps.reshape(bsz, k, -1) * g_work.reshape(bsz, 1, -1), torch.ones_like(g_work).reshape(bsz, 1, -1)], 1
-    )
-    cov = torch.nan_to_num(covariance.to(dtype))
-    var_inv = torch.einsum("bkp,bkp->bp", cov @ m, m).reshape(bsz, h, w)
-    inv_work = (s_work * g_work + shift).abs().clamp_min(lo)
-    misfit = torch.as_tensor(misfit_log_var, dtype=dtype, device=maps.device)
+    xp = TorchOps(maps.dtype, maps.device)
+    misfit = xp.work(misfit_log_var)
     misfit = misfit.reshape(-1, 1, 1) if misfit.dim() else misfit
-    var_log = var_inv.clamp_min(0.0) / inv_work**2 + misfit
-    std_rel = upsample(torch.sqrt(var_log.clamp_min(1e-30)), full)
-    std_m = torch.nan_to_num(depth * std_rel, nan=max_depth_m, posinf=max_depth_m)
-    scale_field = inv / inv_rel.to(dtype).clamp_min(1e-6)
+    depth, std_m, scale_field, inv = compose_arrays(
+        xp,
+        maps,
+        xp.work(inv_rel),
+        xp.work(inv_rel_work),
+        weights,
+        covariance,
+        min_depth_m,
+        max_depth_m,
+        None,
+        misfit,
+    )
     return TorchFieldEstimate(depth, std_m, scale_field, inv)
 
 

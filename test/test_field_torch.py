@@ -16,13 +16,14 @@ from scale_field_ros.solver import Design, FitLevel, Prior, SolverConfig, solve
 MIN_M, NOISE = 0.1, 0.02
 
 
-def _case(dataset, index, pattern, n, seed=1, outliers=0.0):
-    """Numpy reference of the pipeline's two solves and compose for one real frame."""
+def _case(dataset, index, pattern, n, seed=1, outliers=0.0, select=True):
+    """Numpy reference of the pipeline's two solves and compose for one real frame (the basis family chosen
+    by cross-validation on the anchors, as the pipeline does)."""
     frame, out = infer(dataset, index)
     h, w = out.shape
     draw = draw_anchors(frame, pattern, n, seed=seed, noise=0.02, outliers=outliers)
     anchors = draw.anchors.sanitized(w, h, MIN_M, frame.max_depth_m)
-    bases = build_bases(out, BasisConfig(), len(anchors))
+    bases = build_bases(out, BasisConfig(), len(anchors), anchors if select else None)
     design = anchor_design(bases, anchors, NOISE)
     ga = solve(design, loose_prior(bases, PriorConfig()), SolverConfig(), FitLevel.SCALE_SHIFT)
     prior = prior_around(bases, ga.weights[0], ga.weights[-1], PriorConfig())
@@ -44,7 +45,7 @@ CASES = [
     ("nyu", 0, "uniform", 5, 0.0),
     ("nyu", 1, "uniform", 20, 0.0),
     ("nyu", 2, "lidar", 200, 0.1),
-    ("sun3d_seq", 0, "vio", 60, 0.1),
+    ("sun3d_seq", 0, "vio", 80, 0.1),
     ("sun3d_seq", 3, "uniform", 1000, 0.1),
 ]
 
@@ -75,10 +76,25 @@ def test_float64_solve_and_compose_equal_numpy(dataset, index, pattern, n, outli
     assert torch.isfinite(te.depth_m).all() and torch.isfinite(te.std_m).all()
 
 
+def test_cases_cover_every_kind_of_family():
+    """The equivalence cases above include median scaling (tier -1), a partial family on clustered anchors
+    (coverage < 1, which narrows the basis prior) and the full family."""
+    tiers, coverages = set(), []
+    for dataset, index, pattern, n, outliers in CASES:
+        bases = _case(dataset, index, pattern, n, outliers=outliers)[1]
+        tiers.add(bases.tier)
+        coverages.append(bases.coverage)
+    assert {-1, 3} <= tiers and len(tiers) >= 3
+    assert min(coverages) < 0.9
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_design_and_pipeline_fit_from_maps_equal_numpy(dtype):
+@pytest.mark.parametrize(
+    ("dataset", "index", "pattern", "n"), [("nyu", 0, "uniform", 200), ("sun3d_seq", 0, "vio", 80)]
+)
+def test_design_and_pipeline_fit_from_maps_equal_numpy(dtype, dataset, index, pattern, n):
     """Design built in torch from the maps + fit_field (both solves) reproduce the numpy path end to end."""
-    frame, bases, anchors, design, _, fit, est = _case("nyu", 0, "uniform", 200, outliers=0.1)
+    frame, bases, anchors, design, _, fit, est = _case(dataset, index, pattern, n, outliers=0.1)
     mask = torch.ones(1, len(anchors), dtype=torch.bool)
     td = ft.anchor_design(
         _t(bases.maps, dtype),
@@ -91,7 +107,8 @@ def test_design_and_pipeline_fit_from_maps_equal_numpy(dtype):
         NOISE,
     )
     assert _rel(td.matrix[0], design.matrix) < (1e-6 if dtype == torch.float64 else 1e-5)
-    tfit = ft.fit_field(td, torch.tensor([bases.scale_inv_rel], dtype=dtype))
+    family = {"coverage": bases.coverage, "shift_free": bases.shift_free, "scale_hint": bases.scale_hint}
+    tfit = ft.fit_field(td, torch.tensor([bases.scale_inv_rel], dtype=dtype), **family)
     te = ft.compose(
         _t(bases.maps, dtype),
         _t(bases.inv_rel, dtype),
@@ -113,7 +130,8 @@ def test_design_and_pipeline_fit_from_maps_equal_numpy(dtype):
 
 
 def test_batch_of_frames_equals_frame_by_frame():
-    cases = [_case("sun3d_seq", i, "uniform", 100, seed=i) for i in range(3)]
+    # the family by anchor count: one K for the whole batch
+    cases = [_case("sun3d_seq", i, "uniform", 100, seed=i, select=False) for i in range(3)]
     ks = {c[3].matrix.shape[1] for c in cases}
     assert len(ks) == 1
     # drop some rows of frame 1 so the batch is ragged (padding rows must not count)
@@ -198,9 +216,10 @@ def test_benchmark_runs_on_cpu():
     assert result["n_anchors"] == 200 and result["scale_field"] > 0 and result["k"] >= 1
 
 
-def test_prior_around_matches_numpy():
-    """`prior_around` in torch equals field.prior_around (and the loose prior)."""
-    _, bases, _, _, _, _, _ = _case("nyu", 2, "uniform", 100)
+@pytest.mark.parametrize(("dataset", "index", "pattern", "n"), [("nyu", 2, "uniform", 100), *[c[:4] for c in CASES]])
+def test_prior_around_matches_numpy(dataset, index, pattern, n):
+    """`prior_around` in torch equals field.prior_around (and the loose prior) for every kind of family."""
+    _, bases, _, _, _, _, _ = _case(dataset, index, pattern, n)
     for scale, shift in ((0.8, 0.01), (0.0, 0.0), (float("nan"), 0.1)):
         ref = prior_around(bases, scale, shift, PriorConfig())
         tp = ft.prior_around(
@@ -209,6 +228,9 @@ def test_prior_around_matches_numpy():
             torch.tensor([bases.scale_inv_rel], dtype=torch.float64),
             bases.k,
             PriorConfig(),
+            bases.coverage,
+            bases.shift_free,
+            bases.scale_hint,
         )
         np.testing.assert_allclose(tp.covariance[0].numpy(), ref.covariance, rtol=1e-12)
         np.testing.assert_allclose(np.nan_to_num(tp.mean[0].numpy()), np.nan_to_num(ref.mean), rtol=1e-12)
