@@ -31,7 +31,16 @@ class NumpyOps:
 
     @staticmethod
     def clip(a, lo=None, hi=None):
-        return np.clip(a, lo, hi)
+        # one-sided bounds through maximum / minimum: np.clip costs more on small arrays
+        if hi is None:
+            return np.maximum(a, lo)
+        return np.minimum(a, hi) if lo is None else np.clip(a, lo, hi)
+
+    @staticmethod
+    def nan_to_num(a, **kwargs):
+        """np.nan_to_num, skipped (no copy) when everything is finite, the usual case."""
+        a = np.asarray(a)
+        return a if np.isfinite(a).all() else np.nan_to_num(a, **kwargs)
 
     @staticmethod
     def cat(arrays, axis: int):
