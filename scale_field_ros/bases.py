@@ -37,6 +37,8 @@ class BasisConfig:
     select_skip_anchors: int = 300  # ... unless this many anchors cover every cell of the 4x4 grid (full family)
     select_tolerance: float = 0.02  # a richer rung must lower the held-out error by this fraction to be chosen
     coverage_penalty: float = 0.5  # ... plus this times (1 - coverage): clustered anchors need stronger evidence
+    source: str = "analytic"  # "analytic" (this module) or "learned" (a trained basis head, basis_head.py)
+    checkpoint: str = ""  # basis head checkpoint for source "learned"
 
 
 @dataclass(frozen=True)
@@ -420,3 +422,26 @@ def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tupl
         + flat[i00 + w] * (1 - fx) * fy
         + flat[i00 + w + 1] * fx * fy
     )
+
+
+BASIS_SOURCES = ("analytic", "learned")
+
+
+def bases_provider(config: BasisConfig, backbone_name: str | None, warn=None):
+    """The function that builds a frame's bases: `build_bases`, or a learned head when configured.
+
+    A learned source without a checkpoint falls back to the analytic bases with a warning (`warn`, default
+    `warnings.warn`); a checkpoint for another backbone or a corrupt file raises basis_head.CheckpointError.
+    """
+    if config.source not in BASIS_SOURCES:
+        raise ValueError(f"basis source must be one of {BASIS_SOURCES}, got {config.source!r}")
+    if config.source == "analytic":
+        return build_bases
+    if not config.checkpoint:
+        import warnings
+
+        (warn or warnings.warn)("basis source 'learned' without a checkpoint: using the analytic bases")
+        return build_bases
+    from .basis_head import LearnedBases  # torch: imported only when a learned head is asked for
+
+    return LearnedBases.from_checkpoint(config.checkpoint, backbone_name)
