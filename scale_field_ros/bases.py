@@ -13,6 +13,8 @@ PCA signs are fixed by correlation with relative depth, so the same scene gives 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -31,6 +33,12 @@ class BasisConfig:
     guided_radius: int = 4  # working-res pixels
     guided_eps: float = 1e-2
     tier_anchors: tuple[int, int, int] = (8, 24, 60)  # anchors needed for tiers 1 (linear), 2 (+depth), 3 (+all)
+    select: bool = True  # with anchors given: pick the tier (or scale only) by spatially blocked cross-validation
+    select_skip_anchors: int = 300  # ... unless this many anchors cover every cell of the 4x4 grid (full family)
+    select_tolerance: float = 0.02  # a richer rung must lower the held-out error by this fraction to be chosen
+    coverage_penalty: float = 0.5  # ... plus this times (1 - coverage): clustered anchors need stronger evidence
+    source: str = "analytic"  # "analytic" (this module) or "learned" (a trained basis head, basis_head.py)
+    checkpoint: str = ""  # basis head checkpoint for source "learned"
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,14 @@ class BasisSet:
     inv_rel_work: np.ndarray
     scale_inv_rel: float
     constant_relative: bool
-    tier: int
+    tier: int  # -1: scale only (shift pinned to 0), 0: scale and shift, 1..3: families of `tier_for`
+    selection: str = ""  # how the tier was chosen (count ladder, or the cross-validation errors)
+    scale_hint: float = 0.0  # tier -1: the median anchor ratio (1/depth) / g, which the field then keeps
+    coverage: float = 1.0  # how evenly the anchors cover the image (1: like uniform random anchors)
+
+    @property
+    def shift_free(self) -> bool:
+        return self.tier >= 0
 
     @property
     def k(self) -> int:
@@ -71,8 +86,14 @@ class BasisSet:
 
 def relative_inverse_depth(out: BackboneOutput) -> tuple[np.ndarray, float, bool]:
     """Positive finite relative inverse depth normalised to median 1, the median removed, and a flag for
-    a relative map without usable structure (constant, or no valid pixel). Invalid pixels get the median."""
+    a relative map without usable structure (constant, or no valid pixel). Invalid pixels get the median.
+
+    The median is taken on a regular subsample (every 4th row and column): it only fixes the units of g,
+    which the fitted scale absorbs, so the exact full-resolution median would buy nothing but time."""
     rel = np.asarray(out.relative, np.float32)
+    lo, hi = float(rel.min()), float(rel.max())  # NaN anywhere makes both NaN
+    if lo > 0 and np.isfinite(hi):
+        return _relative_inverse_depth_valid(rel, out.kind, hi <= lo * (1.0 + 1e-4))
     valid = np.isfinite(rel) & (rel > 0)
     if not valid.any():
         return np.ones(rel.shape, np.float32), 1.0, True
@@ -91,6 +112,20 @@ def relative_inverse_depth(out: BackboneOutput) -> tuple[np.ndarray, float, bool
     return g, med, constant
 
 
+def _relative_inverse_depth_valid(rel: np.ndarray, kind: DepthKind, constant: bool) -> tuple[np.ndarray, float, bool]:
+    """Fast path of `relative_inverse_depth` for a map that is positive and finite everywhere."""
+    sub = rel[::4, ::4]
+    med_rel = float(np.median(sub))
+    if kind is DepthKind.DEPTH:
+        med = 1.0 / med_rel  # the median of 1/x is 1/median(x)
+        g = np.divide(np.float32(med_rel), rel)  # inv / med = med_rel / rel
+    else:
+        med = med_rel
+        g = rel * np.float32(1.0 / med_rel)
+    np.clip(g, 1e-3, 1e3, out=g)
+    return g, med, constant
+
+
 def working_shape(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
     h, w = shape
     s = min(1.0, long_side / max(h, w))
@@ -101,23 +136,27 @@ def tier_for(n_anchors: int, config: BasisConfig) -> int:
     return int(np.searchsorted(np.asarray(config.tier_anchors), n_anchors, side="right"))
 
 
-def build_bases(out: BackboneOutput, config: BasisConfig, n_anchors: int) -> BasisSet:
-    """The basis family for `n_anchors` anchors (see the module doc)."""
+def build_bases(out: BackboneOutput, config: BasisConfig, n_anchors: int, anchors=None) -> BasisSet:
+    """The basis family for `n_anchors` anchors (see the module doc). With `anchors` (sanitized Anchors)
+    and `config.select`, the tier is then chosen among scale only .. the count's tier by cross-validation
+    on the anchors (`select_tier`), so clustered or few anchors get a family they can support."""
     g, med, constant = relative_inverse_depth(out)
     h, w = working_shape(g.shape, config.work_long_side)
     g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
     log_g = np.log(g_work)
     tier = tier_for(n_anchors, config)
-    maps = [np.ones((h, w), np.float32)]
-    names = ["const"]
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    xn = (x + 0.5) / w * 2.0 - 1.0
-    yn = (y + 0.5) / h * 2.0 - 1.0
+    full = _build_family(out, config, tier, constant, g, g_work, log_g, med)
+    if anchors is None or not config.select or len(anchors) == 0:
+        return full
+    return select_tier(full, anchors, config)
+
+
+def _build_family(out, config, tier, constant, g, g_work, log_g, med) -> BasisSet:
+    h, w = g_work.shape
     degree = min(config.poly_degree, 1 if tier == 1 else config.poly_degree) if tier >= 1 else 0
-    for total in range(1, degree + 1):
-        for py in range(total + 1):
-            maps.append(xn ** (total - py) * yn**py)
-            names.append(f"x{total - py}y{py}")
+    position = position_maps((h, w), degree)
+    maps = list(position.maps)
+    names = list(position.names)
     if tier >= 2 and not constant and config.depth_bins >= 2:
         for i, m in enumerate(depth_partition(log_g, config.depth_bins)):
             maps.append(m)
@@ -128,18 +167,155 @@ def build_bases(out: BackboneOutput, config: BasisConfig, n_anchors: int) -> Bas
             maps.append(m)
             names.append(f"pca{i}")
     stack = np.stack(maps).astype(np.float32)
-    rms = np.sqrt(np.mean(stack[1:] ** 2, axis=(1, 2), keepdims=True)) if len(stack) > 1 else None
-    if rms is not None:
-        stack[1:] /= np.maximum(rms, 1e-6)
-    return BasisSet(stack, tuple(names), g, g_work.astype(np.float32), med, constant, tier)
+    n_pos = len(position.maps)  # position maps come normalised
+    if len(stack) > n_pos:
+        rms = np.sqrt(np.mean(stack[n_pos:] ** 2, axis=(1, 2), keepdims=True))
+        stack[n_pos:] /= np.maximum(rms, 1e-6)
+    return BasisSet(stack, tuple(names), g, g_work.astype(np.float32), med, constant, tier, "count")
+
+
+def _tier_columns(names: tuple[str, ...], tier: int) -> np.ndarray:
+    """Indices of the maps of `tier` inside the largest family (tiers are nested)."""
+    if tier <= 0:
+        return np.array([0])
+    keep = []
+    for i, n in enumerate(names):
+        if n == "const" or (n.startswith("x") and (tier >= 2 or sum(map(int, n[1:].split("y"))) <= 1)):
+            keep.append(i)
+        elif n.startswith("depth") and tier >= 2:
+            keep.append(i)
+        elif n.startswith("pca") and tier >= 3:
+            keep.append(i)
+    return np.array(keep)
+
+
+def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: float = 0.3) -> BasisSet:
+    """Choose scale only, scale+shift or tier 1..full.tier by spatially blocked cross-validation.
+
+    The anchors are grouped by the cell of a 4x4 image grid they fall in and cells are dealt to (up to) 5
+    folds, so clustered anchors (VIO corners) are held out together and a family that only fits where the
+    anchors are, and extrapolates badly elsewhere, scores badly. Each rung is a ridge fit of the same model
+    as the solver (relative residuals, weight prior `basis_rel_std`), with gross outliers of a median-scale
+    fit left out. The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
+    covering every cell skip the test (the full family is then always supported).
+    """
+    h, w = full.full_shape
+    u = np.asarray(anchors.u, np.float64)
+    v = np.asarray(anchors.v, np.float64)
+    n = len(u)
+    cell = np.clip((v * 4 / h).astype(np.int64), 0, 3) * 4 + np.clip((u * 4 / w).astype(np.int64), 0, 3)
+    occupied = np.unique(cell)
+    coverage = anchor_coverage(u, v, (h, w))
+    if n >= config.select_skip_anchors and len(occupied) == 16 and coverage > 0.9:
+        return dataclasses.replace(full, coverage=coverage)
+    col = np.clip(np.round(u).astype(np.int64), 0, w - 1)
+    row = np.clip(np.round(v).astype(np.int64), 0, h - 1)
+    g = full.inv_rel[row, col].astype(np.float64)
+    y = 1.0 / np.asarray(anchors.depth_m, np.float64)
+    ratio = y / g
+    s0 = float(np.median(ratio))
+    if len(occupied) < 2 or not (np.isfinite(s0) and s0 > 0):
+        hint = s0 if np.isfinite(s0) and s0 > 0 else 0.0
+        return _restrict(full, -1, "scale only: anchors in one grid cell", hint)
+    log_r = np.log(ratio / s0)
+    mad = 1.4826 * float(np.median(np.abs(log_r - np.median(log_r))))
+    good = np.abs(log_r - np.median(log_r)) <= max(4.0 * mad, np.log(1.5))
+    b = sample_maps(full.maps, u, v, full.full_shape)
+    # rows in relative units: pred / y; weights in units of s0 (basis columns) and s0 (shift)
+    a = np.concatenate([b * (g * s0 / y)[:, None], (s0 / y)[:, None]], axis=1)[good]
+    fold = np.searchsorted(occupied, cell[good]) % min(5, len(occupied))
+    k = full.k
+    rungs = [(-1, np.array([0])), (0, np.array([0, k]))]
+    for t in range(1, full.tier + 1):
+        rungs.append((t, np.append(_tier_columns(full.names, t), k)))
+    noise_prec = 1.0 / 0.02**2
+    prior_prec = np.full(k + 1, 1.0 / basis_rel_std**2)
+    prior_prec[0] = prior_prec[k] = 1.0 / 9.0
+    prior_mean = np.zeros(k + 1)
+    prior_mean[0] = 1.0
+    gram = [noise_prec * (a[fold == f].T @ a[fold == f]) for f in range(fold.max() + 1)]
+    rhs = [noise_prec * a[fold == f].sum(axis=0) for f in range(fold.max() + 1)]
+    g_all, r_all = sum(gram), sum(rhs)
+    errors = []
+    for _, cols in rungs:
+        err = 0.0
+        for f in range(len(gram)):
+            m = (g_all - gram[f])[np.ix_(cols, cols)] + np.diag(prior_prec[cols])
+            rhs_f = (r_all - rhs[f])[cols] + prior_prec[cols] * prior_mean[cols]
+            try:
+                wts = np.linalg.solve(m, rhs_f)
+            except np.linalg.LinAlgError:
+                err = np.inf
+                break
+            pred = a[fold == f][:, cols] @ wts
+            err += float(np.sum(np.minimum(np.abs(np.log(np.maximum(pred, 1e-3))), 0.5)))
+        errors.append(err / max(len(a), 1))
+    best = min(errors)
+    tolerance = config.select_tolerance + config.coverage_penalty * (1.0 - coverage)
+    pick = next(i for i, e in enumerate(errors) if e <= best * (1.0 + tolerance) + 1e-12)
+    why = f"cv (coverage {coverage:.2f}) " + " ".join(f"{t}:{e:.4f}" for (t, _), e in zip(rungs, errors, strict=True))
+    return dataclasses.replace(_restrict(full, rungs[pick][0], why, s0), coverage=coverage)
+
+
+def anchor_coverage(u: np.ndarray, v: np.ndarray, shape: tuple[int, int], cells: int = 8) -> float:
+    """Occupied cells of a cells x cells image grid over the number n uniformly random anchors would occupy
+    on average (capped at 1): about 1 for spread anchors, small for clustered ones (corners, one object)."""
+    h, w = shape
+    n = len(u)
+    if n == 0:
+        return 0.0
+    cx = np.clip((np.asarray(u) * cells / w).astype(np.int64), 0, cells - 1)
+    cy = np.clip((np.asarray(v) * cells / h).astype(np.int64), 0, cells - 1)
+    occupied = np.unique(cy * cells + cx).size
+    expected = cells * cells * (1.0 - (1.0 - 1.0 / (cells * cells)) ** n)
+    return float(min(1.0, occupied / expected))
+
+
+def _restrict(full: BasisSet, tier: int, why: str, scale_hint: float = 0.0) -> BasisSet:
+    """The sub-family of `full` for `tier` (-1 and 0 keep only the constant map). Scale only (-1) is median
+    scaling: the median ratio is a more robust scale than a least-squares fit when anchors are few."""
+    hint = float(scale_hint) if tier == -1 else 0.0
+    if tier == full.tier:
+        return dataclasses.replace(full, selection=why, scale_hint=hint)
+    cols = _tier_columns(full.names, tier)
+    names = tuple(full.names[i] for i in cols)
+    return dataclasses.replace(full, maps=full.maps[cols], names=names, tier=tier, selection=why, scale_hint=hint)
+
+
+@dataclass(frozen=True)
+class PositionMaps:
+    """Constant and monomials of normalised image position at one working size, each scaled to unit RMS
+    (the constant stays 1). They depend on the size only, so they are built once and shared (read-only)."""
+
+    maps: tuple[np.ndarray, ...]
+    names: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=16)
+def position_maps(work_shape: tuple[int, int], degree: int) -> PositionMaps:
+    h, w = work_shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    xn = (x + 0.5) / w * 2.0 - 1.0
+    yn = (y + 0.5) / h * 2.0 - 1.0
+    maps = [np.ones((h, w), np.float32)]
+    names = ["const"]
+    for total in range(1, degree + 1):
+        for py in range(total + 1):
+            m = (xn ** (total - py) * yn**py).astype(np.float32)
+            maps.append(m / max(float(np.sqrt(np.mean(m**2))), 1e-6))
+            names.append(f"x{total - py}y{py}")
+    for m in maps:
+        m.setflags(write=False)
+    return PositionMaps(tuple(maps), tuple(names))
 
 
 def depth_partition(log_g: np.ndarray, bins: int) -> list[np.ndarray]:
     """Soft partition of unity over log relative inverse depth: hat functions centred on quantiles."""
-    centres = np.quantile(log_g, (np.arange(bins) + 0.5) / bins)
+    sub = log_g[::2, ::2] if log_g.ndim == 2 and min(log_g.shape) >= 8 else log_g  # quantiles need no more
+    centres = np.quantile(sub, (np.arange(bins) + 0.5) / bins)
     centres = np.maximum.accumulate(centres + np.arange(bins) * 1e-4)
-    t = np.interp(log_g, centres, np.arange(bins, dtype=np.float64))  # clamped outside the end centres
-    return [np.clip(1.0 - np.abs(t - i), 0.0, 1.0).astype(np.float32) for i in range(bins)]
+    t = np.interp(log_g, centres, np.arange(bins, dtype=np.float64)).astype(np.float32)  # clamped at the ends
+    return [np.maximum(1.0 - np.abs(t - np.float32(i)), 0.0) for i in range(bins)]
 
 
 def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
@@ -158,44 +334,74 @@ def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.
     if fmap is None:
         return []
     c, fh, fw = fmap.shape
-    x = np.nan_to_num(fmap.reshape(c, -1).astype(np.float64))
-    x -= x.mean(axis=1, keepdims=True)
-    cov = x @ x.T / max(x.shape[1] - 1, 1)
+    x = np.asarray(fmap, np.float32).reshape(c, -1)
+    if not np.all(np.isfinite(x)):
+        x = np.nan_to_num(x)
+    x = x - x.mean(axis=1, keepdims=True)
+    cov = (x @ x.T).astype(np.float64) / max(x.shape[1] - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
     k = min(config.feature_components, c)
     order = np.argsort(evals)[::-1][:k]
     if evals[order[0]] <= 1e-12:
         return []
-    comps = (evecs[:, order].T @ x).reshape(k, fh, fw).astype(np.float32)
+    order = order[evals[order] > 1e-9 * evals[order[0]]]
+    comps = (evecs[:, order].T.astype(np.float32) @ x).reshape(len(order), fh, fw)
     h, w = log_g_work.shape
     guide_small = cv2.resize(log_g_work, (fw, fh), interpolation=cv2.INTER_AREA).ravel()
     guide_small = guide_small - guide_small.mean()
-    result = []
-    for comp, ev in zip(comps, evals[order], strict=True):
-        if ev <= 1e-9 * evals[order[0]]:
-            continue
-        if float(comp.ravel() @ guide_small) < 0:  # deterministic sign
-            comp = -comp
-        up = cv2.resize(comp, (w, h), interpolation=cv2.INTER_LINEAR)
-        up = guided_filter(log_g_work.astype(np.float32), up, config.guided_radius, config.guided_eps)
-        up = up - up.mean()
-        result.append(up.astype(np.float32))
-    return result
+    signs = np.where(comps.reshape(len(order), -1) @ guide_small < 0, -1.0, 1.0).astype(np.float32)  # deterministic
+    # all components in one multi-channel image, one fast guided filter for all of them
+    stacked = np.ascontiguousarray((comps * signs[:, None, None]).transpose(1, 2, 0))
+    up = guided_upsample(log_g_work.astype(np.float32), stacked, config.guided_radius, config.guided_eps)
+    maps = np.ascontiguousarray(up.transpose(2, 0, 1))
+    maps -= maps.mean(axis=(1, 2), keepdims=True)
+    return list(maps)
+
+
+def guided_upsample(guide: np.ndarray, src_small: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Fast guided filter (He and Sun 2015): the guided filter's linear coefficients a, b are fitted at the
+    resolution of `src_small` (h' x w' x C) against the guide shrunk to it, then upsampled and applied to the
+    full guide (h x w): edges of the guide, at the cost of the small image. Returns h x w x C float32."""
+    h, w = guide.shape
+    sh, sw = src_small.shape[:2]
+    c = src_small.shape[2]
+    guide_small = cv2.resize(guide, (sw, sh), interpolation=cv2.INTER_AREA)
+    r_small = max(1, int(round(radius * sw / w)))
+    ksize = (2 * r_small + 1, 2 * r_small + 1)
+
+    def box(a):
+        return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT).reshape(a.shape)
+
+    mean_i = box(guide_small)[:, :, None]
+    var_i = box(guide_small * guide_small)[:, :, None] - mean_i * mean_i
+    mean_p = box(src_small)
+    cov_ip = box(src_small * guide_small[:, :, None]) - mean_i * mean_p
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    a_up = cv2.resize(box(a), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
+    b_up = cv2.resize(box(b), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
+    return a_up * guide[:, :, None] + b_up
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s guided filter with a grey guide: edges of `guide` are transferred to `src`."""
+    """He et al.'s guided filter with a grey guide: edges of `guide` are transferred to `src`.
+    `src` is h x w or h x w x C (C filtered channels at once)."""
     ksize = (2 * radius + 1, 2 * radius + 1)
 
     def box(a):
         return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT)
 
-    mean_i, mean_p = box(guide), box(src)
-    cov_ip = box(guide * src) - mean_i * mean_p
+    multi = src.ndim == 3
+    g = guide[:, :, None] if multi else guide
+    mean_i = box(guide)
     var_i = box(guide * guide) - mean_i * mean_i
+    if multi:
+        mean_i, var_i = mean_i[:, :, None], var_i[:, :, None]
+    mean_p = box(src).reshape(src.shape)
+    cov_ip = box(src * g).reshape(src.shape) - mean_i * mean_p
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    return box(a) * guide + box(b)
+    return box(a).reshape(src.shape) * g + box(b).reshape(src.shape)
 
 
 def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tuple[int, int]) -> np.ndarray:
@@ -216,3 +422,26 @@ def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tupl
         + flat[i00 + w] * (1 - fx) * fy
         + flat[i00 + w + 1] * fx * fy
     )
+
+
+BASIS_SOURCES = ("analytic", "learned")
+
+
+def bases_provider(config: BasisConfig, backbone_name: str | None, warn=None):
+    """The function that builds a frame's bases: `build_bases`, or a learned head when configured.
+
+    A learned source without a checkpoint falls back to the analytic bases with a warning (`warn`, default
+    `warnings.warn`); a checkpoint for another backbone or a corrupt file raises basis_head.CheckpointError.
+    """
+    if config.source not in BASIS_SOURCES:
+        raise ValueError(f"basis source must be one of {BASIS_SOURCES}, got {config.source!r}")
+    if config.source == "analytic":
+        return build_bases
+    if not config.checkpoint:
+        import warnings
+
+        (warn or warnings.warn)("basis source 'learned' without a checkpoint: using the analytic bases")
+        return build_bases
+    from .basis_head import LearnedBases  # torch: imported only when a learned head is asked for
+
+    return LearnedBases.from_checkpoint(config.checkpoint, backbone_name)

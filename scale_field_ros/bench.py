@@ -111,8 +111,37 @@ def bench_backbone_split(ctx: BenchContext) -> dict[str, LatencyStats]:
     return {f"backbone_{part}": latency_stats(samples) for part, samples in parts.items()}
 
 
-# Further stages (scale field, end to end) append their benchmark functions here.
-STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [bench_backbone, bench_backbone_split]
+SCALE_FIELD_ANCHORS = 1000
+
+
+def bench_scale_field(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """The scale-field stage (bases, solve, compose, uncertainty) at 640x480 with 1000 anchors, from
+    `pipeline.benchmark_scale_field` (an NYU frame's blurred ground truth as the relative map); one timed
+    frame per call so that the report gets the spread, plus its parts as "scale_field_<part>"."""
+    from .datasets import shared_root
+    from .pipeline import benchmark_scale_field
+
+    if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
+        return {}
+    runs = [benchmark_scale_field(n_anchors=SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(ctx.repeats)]
+    stages = {"scale_field": latency_stats([r["scale_field"] for r in runs])}
+    for part in ("bases", "solve", "compose"):
+        stages[f"scale_field_{part}"] = latency_stats([r[part] for r in runs])
+    return stages
+
+
+def scale_field_share(stages: dict[str, LatencyStats]) -> float | None:
+    """Median scale-field time over median backbone time (the target is below 0.2)."""
+    if "scale_field" not in stages or "backbone" not in stages or stages["backbone"].median <= 0:
+        return None
+    return round(stages["scale_field"].median / stages["backbone"].median, 4)
+
+
+STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [
+    bench_backbone,
+    bench_backbone_split,
+    bench_scale_field,
+]
 
 
 def bench_input(width: int, height: int) -> tuple[np.ndarray, object | None, str]:
@@ -231,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         model=str(getattr(backbone, "model_path", args.model)),
         input={"source": source, "width": args.width, "height": args.height},
+        scale_field_share_of_backbone=scale_field_share(stages),
     )
     text = json.dumps(report, indent=2)
     if args.json:

@@ -17,7 +17,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("scale_field_ros.demo", "the main job: metric depth for a sample of shared/data"),
     "export": ("scale_field_ros.export", "export backbone + basis features as one ONNX graph"),
     "build-engine": ("scale_field_ros.build_engine", "build (and cache) the TensorRT engine of an exported ONNX"),
+    "train": ("scale_field_ros.train", "train the learned basis head end to end through the ridge solve"),
     "make-bag": ("scale_field_ros.make_bag", "write a dataset folder as a ROS 2 bag"),
+    "run": ("scale_field_ros.run_offline", "the node without ROS: a bag or dataset folder in, metric depth out"),
 }
 
 

@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--json", required=True, help="output JSON file")
+    parser.add_argument("--basis-checkpoint", default=None, help="learned basis head for method field_learned")
     parser.add_argument("--panels", default=None, help="folder for one PNG panel per frame")
 
 
@@ -56,7 +57,7 @@ def run(args) -> int:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
     )
     backbone = load_backbone(args.backbone, args.model)
-    rows = evaluate(args.data, backbone, spec, panels_dir=args.panels)
+    rows = evaluate(args.data, backbone, spec, panels_dir=args.panels, basis_checkpoint=args.basis_checkpoint)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "spec": spec.__dict__}, indent=1))
@@ -75,17 +76,19 @@ def method_functions(methods, pipeline_config=None):
 
     fns = {}
     for m in methods:
-        if m == "field":
+        if m in ("field", "field_learned"):
             fns[m] = None
         elif m in BASELINES:
             fns[m] = BASELINES[m]
         else:
-            raise ValueError(f"unknown method {m!r}; choose from {sorted([*BASELINES, 'field'])}")
+            raise ValueError(f"unknown method {m!r}; choose from {sorted([*BASELINES, 'field', 'field_learned'])}")
     base_cfg = pipeline_config or PipelineConfig()
     return fns, base_cfg, Pipeline
 
 
-def evaluate(data_dirs, backbone, spec: EvalSpec, panels_dir=None, pipeline_config=None) -> list[dict]:
+def evaluate(
+    data_dirs, backbone, spec: EvalSpec, panels_dir=None, pipeline_config=None, basis_checkpoint=None
+) -> list[dict]:
     """Rows {dataset, pattern, anchors, method, frames, <metric>...} averaged over frames and seeds."""
     import dataclasses
 
@@ -95,11 +98,20 @@ def evaluate(data_dirs, backbone, spec: EvalSpec, panels_dir=None, pipeline_conf
 
     fns, base_cfg, pipeline_cls = method_functions(spec.methods, pipeline_config)
     pattern = Pattern(spec.pattern)
+    learned = None
+    if "field_learned" in fns:
+        if basis_checkpoint is None:
+            raise ValueError("method field_learned needs a basis head checkpoint (--basis-checkpoint)")
+        from .basis_head import LearnedBases
+
+        learned = LearnedBases.from_checkpoint(basis_checkpoint, getattr(backbone, "name", None))
     rows = []
     for d in data_dirs:
         ds = load_dataset(d)
         cfg = dataclasses.replace(base_cfg, max_depth_m=ds.max_depth_m)
-        pipe = pipeline_cls(None, cfg)
+        pipes = {"field": pipeline_cls(None, cfg)}
+        if learned is not None:
+            pipes["field_learned"] = pipeline_cls(None, cfg, bases_fn=learned)
         acc: dict[tuple[int, str], list[DepthMetrics]] = {}
         for fi in range(len(ds)):
             frame = ds.frame(fi)
@@ -111,10 +123,12 @@ def evaluate(data_dirs, backbone, spec: EvalSpec, panels_dir=None, pipeline_conf
                     draw = draw_anchors(frame, pattern, n, seed=s * 7919 + fi, noise=spec.noise, outliers=spec.outliers)
                     mask = evaluation_mask(draw.truth_depth_m, cfg.min_depth_m, ds.max_depth_m, draw.anchors)
                     preds = {}
+                    res = None
                     for name, fn in fns.items():
                         if fn is None:
-                            res = pipe.process_output(out, draw.anchors)
-                            preds[name] = res.depth_m
+                            r = pipes[name].process_output(out, draw.anchors)
+                            res = r if name == "field" else res
+                            preds[name] = r.depth_m
                         else:
                             preds[name] = fn(out, draw.anchors, cfg.min_depth_m, ds.max_depth_m)
                         acc.setdefault((n, name), []).append(compute_metrics(preds[name], draw.truth_depth_m, mask))

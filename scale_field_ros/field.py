@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from .anchors import Anchors
+from .array_namespace import NUMPY
 from .bases import BasisSet, sample_maps
 from .residual_grid import LocalCorrection
 from .solver import Design, Prior
+
+MEDIAN_SCALE_REL_STD = 1e-3  # tier -1 (median scaling): the scale stays at the median ratio
 
 
 @dataclass(frozen=True)
@@ -54,27 +56,42 @@ def anchor_design(bases: BasisSet, anchors: Anchors, noise_rel: float) -> Design
 
 def loose_prior(bases: BasisSet, config: PriorConfig) -> Prior:
     """Before any anchor: the backbone's own inverse depth (scale = its median, shift 0), loosely held."""
-    k = n_weights(bases)
-    s = bases.scale_inv_rel
-    mean = np.zeros(k)
-    mean[0] = s
-    std = np.full(k, config.basis_rel_std * s)
-    std[0] = config.scale_rel_std * s
-    std[-1] = config.shift_rel_std * s
-    return Prior.diagonal(mean, std)
+    return prior_around(bases, bases.scale_inv_rel, 0.0, config)
 
 
 def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfig) -> Prior:
     """Identity correction over a global alignment (scale, shift): the per-frame prior of the field."""
-    k = n_weights(bases)
-    s = abs(scale) if np.isfinite(scale) and scale != 0 else bases.scale_inv_rel
-    mean = np.zeros(k)
-    mean[0] = scale
-    mean[-1] = shift
-    std = np.full(k, config.basis_rel_std * s)
-    std[0] = config.scale_rel_std * s
-    std[-1] = config.shift_rel_std * s
+    mean, std = prior_moments(
+        NUMPY,
+        scale,
+        shift,
+        bases.scale_inv_rel,
+        bases.k,
+        config,
+        getattr(bases, "coverage", 1.0),
+        getattr(bases, "shift_free", True),
+        getattr(bases, "scale_hint", 0.0),
+    )
     return Prior.diagonal(mean, std)
+
+
+def prior_moments(xp, scale, shift, fallback_scale, k: int, config: PriorConfig, coverage, shift_free, scale_hint):
+    """Mean and std (..., k+1) of the prior `prior_around` describes, for numpy (`xp` = NUMPY) or batched torch.
+
+    Stds are relative to s = |scale| (`fallback_scale` where the scale is 0 or not finite). The non-constant
+    bases get `basis_rel_std` times the anchors' reach: anchors that cover little of the image may only bend
+    the field a little (it would extrapolate the bend over the uncovered part). The shift is pinned near 0
+    when the family is scale only (tier -1, not `shift_free`), and a positive `scale_hint` (median scaling
+    chosen) holds the scale at the median anchor ratio."""
+    s = xp.where(xp.isfinite(scale) & (scale != 0), xp.abs(scale), fallback_scale)
+    reach = xp.clip(coverage, 0.1, 1.0)
+    hinted = scale_hint > 0
+    mean0 = xp.where(hinted, scale_hint, scale)
+    std0 = xp.where(hinted, MEDIAN_SCALE_REL_STD * scale_hint, config.scale_rel_std * s)
+    std_shift = xp.where(shift_free, config.shift_rel_std * s, 1e-6 * s)
+    basis = [config.basis_rel_std * reach * s] * (k - 1)
+    mean = xp.stack([mean0] + [0.0 * s] * (k - 1) + [shift])
+    return mean, xp.stack([std0, *basis, std_shift])
 
 
 def anchor_fitted(design: Design, weights: np.ndarray) -> np.ndarray:
@@ -90,39 +107,70 @@ def compose(
     local: LocalCorrection | None = None,
     misfit_log_var: float = 0.0,
 ) -> FieldEstimate:
-    """Metric depth, per-pixel std and scale field at full resolution (never NaN)."""
-    h, w = bases.full_shape
-    k = bases.k
-    wk = np.nan_to_num(np.asarray(weights, np.float64))
-    s_work = np.tensordot(wk[:k].astype(np.float32), bases.maps, axes=1)
-    log_corr_work = None
-    var_log_work = np.full(bases.work_shape, misfit_log_var, np.float32)
+    """Metric depth, per-pixel std and scale field at full resolution (never NaN); see `compose_arrays`."""
     if local is not None:
-        log_corr_work = local.log_ratio
-        var_log_work = local.variance()
-    s_full = _upsample(s_work, (h, w))
-    inv = s_full * bases.inv_rel + np.float32(wk[k])
-    if log_corr_work is not None:
-        inv *= np.exp(_upsample(log_corr_work, (h, w)))
-    inv = np.nan_to_num(inv, nan=1.0 / max_depth_m, posinf=1.0 / min_depth_m, neginf=1.0 / max_depth_m)
-    np.clip(inv, 1.0 / max_depth_m, 1.0 / min_depth_m, out=inv)
-    depth = (1.0 / inv).astype(np.float32)
-    # uncertainty: posterior covariance of the weights propagated at working resolution, plus misfit
-    m = np.concatenate(
-        [bases.maps.reshape(k, -1) * bases.inv_rel_work.reshape(1, -1), np.ones((1, bases.maps[0].size), np.float32)]
-    ).astype(np.float64)
-    cov = np.nan_to_num(np.asarray(covariance, np.float64))
-    var_inv = np.einsum("kp,kp->p", cov @ m, m).reshape(bases.work_shape)
-    inv_work = np.maximum(np.abs(s_work * bases.inv_rel_work + wk[k]), 1.0 / max_depth_m)
-    var_log = np.maximum(var_inv, 0.0) / inv_work**2 + var_log_work
-    std_rel = _upsample(np.sqrt(var_log).astype(np.float32), (h, w))
-    std_m = np.nan_to_num(depth * std_rel, nan=max_depth_m, posinf=max_depth_m).astype(np.float32)
-    scale_field = (inv / np.maximum(bases.inv_rel, 1e-6)).astype(np.float32)
-    return FieldEstimate(depth, std_m, scale_field, inv.astype(np.float32))
+        log_factor, var_log_work = local.log_ratio, local.variance()
+    else:
+        log_factor, var_log_work = None, np.float32(misfit_log_var)
+    depth, std_m, scale_field, inv = compose_arrays(
+        NUMPY,
+        bases.maps,
+        bases.inv_rel,
+        bases.inv_rel_work,
+        weights,
+        covariance,
+        min_depth_m,
+        max_depth_m,
+        log_factor,
+        var_log_work,
+    )
+    return FieldEstimate(depth, std_m, scale_field, inv)
 
 
-def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    h, w = shape
-    if a.shape == (h, w):
-        return a.astype(np.float32)
-    return cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+def compose_arrays(
+    xp, maps, inv_rel, inv_rel_work, weights, covariance, min_depth_m, max_depth_m, log_factor_work, var_log_work
+):
+    """(depth_m, std_m, scale_field, inv_depth) for numpy (`xp` = NUMPY, one frame) or batched torch.
+
+    Everything smooth is done at working resolution: the field S, the local factor exp(R) folded into
+    A = S exp(R) and B = c exp(R), and the uncertainty (at half the working resolution); only
+    inv = up(A) * g + up(B) and the outputs derived from it touch full-resolution pixels."""
+    h, w = inv_rel.shape[-2:]
+    k = maps.shape[-3]
+    wk = xp.work(xp.nan_to_num(xp.exact(weights)))
+    s_work = xp.combine(wk[..., :k], maps)
+    shift = wk[..., k, None, None]
+    lo, hi = 1.0 / max_depth_m, 1.0 / min_depth_m
+    if log_factor_work is not None:
+        factor = xp.exp(xp.work(log_factor_work))
+        a_work, b_work = s_work * factor, shift * factor
+    else:
+        a_work, b_work = s_work, shift
+    # finite weights, maps and g give a finite result; a degenerate fit is caught here, at working resolution
+    ok = (xp.isfinite(a_work.sum((-2, -1))) & xp.isfinite(b_work.sum((-2, -1))))[..., None, None]
+    a_work, b_work, shift = xp.where(ok, a_work, 0.0), xp.where(ok, b_work, lo), xp.where(ok, shift, lo)
+    # in place where the namespace allows: every fresh full-resolution array costs page faults
+    inv = xp.mul_into(xp.upsample(a_work, (h, w)), inv_rel)
+    inv = xp.add_into(inv, b_work if log_factor_work is None else xp.upsample(b_work, (h, w)))
+    inv = xp.clip_into(inv, lo, hi)
+    depth = xp.reciprocal(inv)
+    std_rel = _relative_std(xp, maps, inv_rel_work, covariance, s_work, shift, lo, var_log_work)
+    std_m = xp.mul_into(xp.upsample(std_rel, (h, w)), depth)
+    scale_field = inv / inv_rel  # inv_rel is clipped to >= 1e-3
+    return depth, std_m, scale_field, inv
+
+
+def _relative_std(xp, maps, inv_rel_work, covariance, s_work, shift, lo, var_log_work):
+    """Std of log depth at working resolution: the weights' posterior covariance propagated through the
+    model (on a 2x coarser grid, it is smooth), plus the misfit / local-correction variance."""
+    cov = xp.nan_to_num(xp.exact(covariance))
+    evals, evecs = xp.eigh(0.5 * (cov + cov.mT))
+    root = xp.work(evecs * xp.sqrt(xp.clip(evals, 0.0, None))[..., None, :])  # cov = root @ root.T
+    g2 = inv_rel_work[..., ::2, ::2]
+    m = xp.cat([maps[..., ::2, ::2] * g2[..., None, :, :], xp.ones_like(g2)[..., None, :, :]], -3)
+    z = root.mT @ m.reshape(m.shape[:-2] + (-1,))
+    var_inv = xp.einsum("...kp,...kp->...p", z, z).reshape(g2.shape)
+    var_inv = xp.upsample(var_inv, inv_rel_work.shape[-2:])
+    inv_work = xp.clip(xp.abs(s_work * inv_rel_work + shift), lo, None)
+    std_rel = xp.sqrt(var_inv / (inv_work * inv_work) + var_log_work)
+    return xp.clip(xp.nan_to_num(std_rel, nan=1.0, posinf=1.0), None, 1e3)

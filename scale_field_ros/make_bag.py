@@ -3,15 +3,14 @@
 Topics: /camera/image (rgb8) and /camera/camera_info at --rate-hz; /anchors (PointCloud2 float32 xyz) at
 --anchor-rate-hz, taken from the latest image frame; /odom from T_world_cam where the dataset has poses;
 /tf_static with camera_optical -> velodyne when the anchors are native LiDAR points.
-Anchors: `native` = the dataset's LiDAR points in the LiDAR frame; `lidar` / `vio` = points sampled from the
-ground-truth depth along scan lines / at Shi-Tomasi corners, in the camera optical frame.
+Anchors: `native` = the dataset's LiDAR points in the LiDAR frame (all, or a random subset); `lidar` / `vio` =
+ground-truth depth along scan lines / at Shi-Tomasi corners (`patterns.py`), in the camera optical frame.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,9 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .bagio import STORAGE_FORMATS, BagWriter, CameraBagTopics, MessageFactory
+from .camera import transform_points
 from .msg_codec import camera_info_fields, rgb8_image_fields, xyzrgb_cloud_fields
 
 if TYPE_CHECKING:
+    from .anchors import Anchors
+    from .camera import Intrinsics
     from .datasets import Frame
 
 CAMERA_FRAME = "camera_optical"
@@ -32,51 +34,38 @@ DEFAULT_START_S = 1_700_000_000  # a plausible wall-clock epoch, fixed so bags a
 ANCHOR_MODES = ("native", "lidar", "vio")
 DEFAULT_TOPICS = CameraBagTopics()
 
-# Pixel samplers: Frame -> (u, v) integer pixel coordinates whose ground-truth depth becomes an anchor.
-# TEMPORARY local implementations: to be replaced by scale_field_ros.patterns (field helper) once it lands,
-# by rebinding the entries of ANCHOR_SAMPLERS; nothing else here depends on how pixels are chosen.
-PixelSampler = Callable[["Frame"], tuple[np.ndarray, np.ndarray]]
+# Anchor points per mode come from `patterns.draw_anchors` (the one implementation of the evaluation patterns);
+# the counts are what a 32-line LiDAR crop and a VIO front end typically give on a VGA image.
+DEFAULT_ANCHOR_COUNTS = {"lidar": 2000, "vio": 300}
 
 
-def scan_line_pixels(frame: Frame, n_lines: int = 32, column_step: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """A spinning-LiDAR-like pattern: `n_lines` evenly spaced image rows, every `column_step`-th column."""
-    h, w = frame.rgb.shape[:2]
-    rows = np.unique(np.linspace(0, h - 1, n_lines).round().astype(np.int64))
-    cols = np.arange(column_step // 2, w, column_step, dtype=np.int64)
-    v, u = np.meshgrid(rows, cols, indexing="ij")
-    return u.ravel(), v.ravel()
+def anchor_points(anchors: Anchors, intrinsics: Intrinsics) -> np.ndarray:
+    """Pixel anchors (u, v, depth) unprojected to Nx3 float32 points in the camera optical frame."""
+    z = anchors.depth_m.astype(np.float64)
+    x = (anchors.u.astype(np.float64) - intrinsics.cx) / intrinsics.fx * z
+    y = (anchors.v.astype(np.float64) - intrinsics.cy) / intrinsics.fy * z
+    return np.stack([x, y, z], axis=1).astype(np.float32)
 
 
-def corner_pixels(frame: Frame, max_corners: int = 300, min_distance_px: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """A VIO-like pattern: Shi-Tomasi corners, where a feature tracker would have landmarks."""
-    import cv2
+def frame_anchor_points(frame: Frame, mode: str, count: int | None, seed: int) -> np.ndarray:
+    """The anchor cloud of one frame: camera-frame points for lidar/vio, LiDAR-frame points for native.
 
-    grey = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY)
-    corners = cv2.goodFeaturesToTrack(grey, maxCorners=max_corners, qualityLevel=0.01, minDistance=min_distance_px)
-    if corners is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    uv = np.round(corners.reshape(-1, 2)).astype(np.int64)
-    return uv[:, 0], uv[:, 1]
+    native without `count` is the whole scan as recorded; with `count`, a z-buffered random subset drawn by
+    `patterns` (the rest of the scan is then held out for scoring, as `scale-field eval` does).
+    """
+    from .patterns import draw_anchors
+    from .poses import invert_transform
 
-
-ANCHOR_SAMPLERS: dict[str, PixelSampler] = {"lidar": scan_line_pixels, "vio": corner_pixels}
-
-
-def depth_anchor_points(frame: Frame, sampler: PixelSampler) -> np.ndarray:
-    """Ground-truth depth at the sampled pixels, unprojected to Nx3 float32 points in the camera optical frame."""
+    if mode == "native":
+        if count is None:
+            return np.asarray(frame.lidar_points, np.float32)
+        draw = draw_anchors(frame, "native", count, seed=seed)
+        pts_cam = anchor_points(draw.anchors, frame.intrinsics).astype(np.float64)
+        return transform_points(invert_transform(frame.T_cam_lidar), pts_cam).astype(np.float32)
     if frame.depth_m is None:
         raise ValueError(f"{frame.dataset} frame {frame.frame_id} has no ground-truth depth; use --anchors native")
-    h, w = frame.depth_m.shape
-    u, v = sampler(frame)
-    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    u, v = u[inside], v[inside]
-    z = frame.depth_m[v, u]
-    ok = np.isfinite(z) & (z > 0) & (z <= frame.max_depth_m)
-    u, v, z = u[ok], v[ok], z[ok]
-    k = frame.intrinsics
-    x = (u - k.cx) / k.fx * z
-    y = (v - k.cy) / k.fy * z
-    return np.stack([x, y, z], axis=1).astype(np.float32)
+    n = DEFAULT_ANCHOR_COUNTS[mode] if count is None else count
+    return anchor_points(draw_anchors(frame, mode, n, seed=seed).anchors, frame.intrinsics)
 
 
 @dataclass(frozen=True)
@@ -105,14 +94,22 @@ def make_bag(
     start_s: float = DEFAULT_START_S,
     overwrite: bool = False,
     topics: CameraBagTopics = DEFAULT_TOPICS,
+    anchor_count: int | None = None,
+    seed: int = 0,
 ) -> MakeBagResult:
-    """Write the dataset at `data_dir` as a ROS 2 bag at `out` (see the module docstring for its contents)."""
+    """Write the dataset at `data_dir` as a ROS 2 bag at `out` (see the module docstring for its contents).
+
+    anchor_count: points a cloud for lidar/vio (default DEFAULT_ANCHOR_COUNTS); for native, a random subset of
+    the scan of this size (default: the whole scan). Frame k's pattern is drawn with seed `seed + k`.
+    """
     from .datasets import load_dataset  # imports OpenCV; kept out of `scale-field --help`
 
     rate_hz = _rate("rate-hz", rate_hz)
     anchor_rate_hz = _rate("anchor-rate-hz", anchor_rate_hz)
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
+    if anchor_count is not None and anchor_count < 1:
+        raise ValueError(f"anchor-count must be at least 1, got {anchor_count}")
     dataset = load_dataset(data_dir)
     frames = list(dataset.frames())
     if anchors == "auto":
@@ -125,12 +122,10 @@ def make_bag(
         raise ValueError(f"dataset {dataset.name} has no ground-truth depth to sample; use --anchors native")
 
     # Anchor clouds depend only on the frame, so compute each once however often it is replayed.
-    if anchors == "native":
-        clouds = [xyzrgb_cloud_fields(f.lidar_points) for f in frames]
-        anchor_frame_id = LIDAR_FRAME
-    else:
-        clouds = [xyzrgb_cloud_fields(depth_anchor_points(f, ANCHOR_SAMPLERS[anchors])) for f in frames]
-        anchor_frame_id = CAMERA_FRAME
+    clouds = [
+        xyzrgb_cloud_fields(frame_anchor_points(f, anchors, anchor_count, seed + k)) for k, f in enumerate(frames)
+    ]
+    anchor_frame_id = LIDAR_FRAME if anchors == "native" else CAMERA_FRAME
     images = [rgb8_image_fields(f.rgb) for f in frames]
     infos = [camera_info_fields(f.intrinsics) for f in frames]
 
@@ -138,7 +133,8 @@ def make_bag(
     n_images = len(frames) * repeat
     image_ns = [start_ns + int(round(i * 1e9 / rate_hz)) for i in range(n_images)]
     # Anchors at their own rate, each from the latest image at or before its stamp (as a sensor would see it).
-    n_anchor_msgs = int(math.floor((image_ns[-1] - start_ns) * 1e-9 * anchor_rate_hz + 1e-9)) + 1
+    # tolerance: image stamps are rounded to whole ns, so k/rate can land a fraction of a ns short
+    n_anchor_msgs = int(math.floor((image_ns[-1] - start_ns) * 1e-9 * anchor_rate_hz + 1e-6)) + 1
     anchor_ns = [start_ns + int(round(j * 1e9 / anchor_rate_hz)) for j in range(n_anchor_msgs)]
     anchor_image = np.searchsorted(np.asarray(image_ns), np.asarray(anchor_ns), side="right") - 1
 
@@ -182,6 +178,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="native: the dataset's LiDAR points; lidar/vio: sampled from ground-truth depth "
         "(auto: native when the dataset has LiDAR, else lidar)",
     )
+    parser.add_argument(
+        "--anchor-count",
+        type=int,
+        default=None,
+        help="anchor points a cloud (default: lidar 2000, vio 300, native the whole scan)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the anchor patterns (frame k uses seed + k)")
     parser.add_argument("--anchor-rate-hz", type=float, default=10.0, help="anchor cloud rate (default 10)")
     parser.add_argument("--format", choices=STORAGE_FORMATS, default="mcap", help="rosbag2 storage (default mcap)")
     parser.add_argument("--repeat", type=int, default=1, help="play the frame list this many times (default 1)")
@@ -200,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         start_s=args.start_s,
         overwrite=args.force,
+        anchor_count=args.anchor_count,
+        seed=args.seed,
     )
     counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(result.counts.items()))
     print(

@@ -119,9 +119,11 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, backbone: Backbone | None, config: PipelineConfig | None = None):
+    def __init__(self, backbone: Backbone | None, config: PipelineConfig | None = None, bases_fn=None):
         self.backbone = backbone
         self.config = config or PipelineConfig()
+        # (BackboneOutput, BasisConfig, n_anchors) -> BasisSet: analytic by default, or basis_head.LearnedBases
+        self.bases_fn = bases_fn or build_bases
         self._filter = None
         self._local_filter = None
         self.reset()
@@ -155,16 +157,11 @@ class Pipeline:
         h, w = out.shape
         clean = anchors.sanitized(w, h, cfg.min_depth_m, cfg.max_depth_m)
         use_filter = stamp_s is not None and self._filter is not None and getattr(cfg.filter, "enabled", False)
-        tier = tier_for(len(clean), cfg.basis)
         if use_filter:
             self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
             if self._filter.state is None:
                 self._forget_family()
-            else:
-                # keep the filtered family when anchors are few or absent: the predicted state is the prior and
-                # the ridge solve toward it copes with few anchors, so the frame coasts instead of resetting
-                tier = max(tier, self._tier)
-        bases = build_bases(out, cfg.basis, _anchor_count_for_tier(tier, len(clean), cfg.basis))
+        bases = self._bases(out, clean, use_filter)
         t1 = time.perf_counter()
 
         design = anchor_design(bases, clean, cfg.noise_rel)
@@ -230,6 +227,20 @@ class Pipeline:
             nis_per_dof,
         )
 
+    def _bases(self, out: BackboneOutput, clean: Anchors, use_filter: bool):
+        """The frame's basis family: its own choice (what evaluation uses) unless the filter holds a state of
+        another family. A richer own family is taken (the weights are carried over by name); otherwise the
+        state's family is kept when anchors are few, clustered or absent: the prediction is the prior and the
+        ridge solve toward it copes with them, so the frame coasts or nudges the estimate instead of resetting."""
+        cfg = self.config
+        own = self.bases_fn(out, cfg.basis, len(clean), clean)
+        if not use_filter or self._filter.state is None or own.tier > self._tier or own.names == self._names:
+            return own
+        held = self.bases_fn(out, cfg.basis, _anchor_count_for_tier(self._tier, len(clean), cfg.basis), None)
+        if hasattr(held, "coverage") and hasattr(own, "coverage"):
+            held = dataclasses.replace(held, coverage=own.coverage)  # how far these anchors reach
+        return held
+
     def _frame_fit(self, bases, design) -> tuple[Prior, FitResult, FitLevel, str]:
         """The frame on its own (the result without the filter): global alignment, then the field around it.
         Returns the field's prior, the fit, the level asked for and why it is not FULL."""
@@ -256,6 +267,10 @@ class Pipeline:
         if f.state is not None and self._names != bases.names:
             f.remap(_name_index(self._names, bases.names), initial)
         had_state = f.state is not None
+        if not had_state and not getattr(bases, "shift_free", True):
+            # median scaling (few or clustered anchors, shift pinned, scale held at the median ratio): no state
+            # is born from it, its pinned spreads would freeze the random walk; the frame stands alone
+            return frame_fit, "", 0.0
         predicted = f.predict(stamp_s, initial)
         fit, reason, nis_per_dof = frame_fit, "", 0.0
         if had_state and frame_fit.level is not FitLevel.PRIOR:
@@ -309,7 +324,7 @@ class Pipeline:
         a = anchors.subset(np.flatnonzero(ok))
         # outliers for the local term: anchors that disagree with their neighbours (misfit of the global field
         # is spatially coherent, a wrong anchor is not)
-        keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log)
+        keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log, log_g=_log_g_at(bases, a))
         if keep.sum() < self.config.local.min_anchors:
             return None
         a = a.subset(np.flatnonzero(keep))
@@ -347,7 +362,9 @@ def _decorrected(design, bases, anchors: Anchors, log_corr: np.ndarray):
 
 def _anchor_count_for_tier(tier: int, n_anchors: int, config: BasisConfig) -> int:
     """An anchor count for which `build_bases` builds basis tier `tier` (n_anchors itself when it does)."""
-    if tier == tier_for(n_anchors, config) or tier <= 0:
+    if tier <= 0:
+        return 0
+    if tier == tier_for(n_anchors, config):
         return n_anchors
     return int(config.tier_anchors[min(tier, len(config.tier_anchors)) - 1])
 
@@ -394,6 +411,13 @@ def _innovation(predicted: Prior, frame_fit: FitResult, frame_prior: Prior, desi
         return float("inf"), 1
     dof = max(int(round(p_eff)), 1)
     return max(nis_anchors - dof_resid, 0.0), dof
+
+
+def _log_g_at(bases, anchors: Anchors) -> np.ndarray:
+    h, w = bases.full_shape
+    col = np.clip(np.round(anchors.u).astype(np.int64), 0, w - 1)
+    row = np.clip(np.round(anchors.v).astype(np.int64), 0, h - 1)
+    return np.log(bases.inv_rel[row, col].astype(np.float64))
 
 
 def _misfit_log_var(design, fit: FitResult) -> float:

@@ -26,9 +26,10 @@ class LocalConfig:
     blur_passes: int = 1
     prior_count: float = 0.3  # pseudo-anchors of zero correction: shrinks sparse, isolated corrections
     max_abs_log: float = 1.0
-    outlier_log: float = 0.3  # |log ratio - neighbours median| beyond this (and 4 MADs) marks an outlier
+    outlier_log: float = 0.45  # |log ratio - neighbours median| beyond this (and 4 MADs) marks an outlier
     neighbours: int = 6
-    method: str = "delaunay"  # "delaunay" (linear on triangles), "pushpull" or "grid" (bilateral smoothing)
+    method: str = "pushpull"  # "pushpull" (Gaussian pyramid), "delaunay" (linear on triangles) or "grid" (bilateral)
+    pushpull_tau: float = 0.02  # push-pull: anchor weight at which a level trusts itself and the coarser level equally
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def local_correction(
         _, density = push_pull(x_work, y_work, value, weight, (h, w))
         density = cv2.blur(density, (5, 5)) * 25.0
     else:
-        corr, density = push_pull(x_work, y_work, value, weight, (h, w), config.prior_count)
-        density = cv2.blur(density, (5, 5)) * 25.0
+        corr, density = push_pull(x_work, y_work, value, weight, (h, w), config.prior_count, config.pushpull_tau)
+        density = cv2.boxFilter(density, -1, (5, 5), normalize=False)
     return LocalCorrection(corr, density.astype(np.float32), resid_var, pc)
 
 
@@ -191,35 +192,46 @@ def push_pull(
     weight: np.ndarray,
     work_shape: tuple[int, int],
     prior_count: float = 0.0,
+    tau: float = 0.02,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scattered-data interpolation by push-pull (Gortler et al.'s lumigraph hole filling): splat, build a
-    sum pyramid, then fill each level from the coarser one where it has less than one sample's weight.
-    Returns (interpolated value, sample density) at working resolution."""
+    """Scattered-data interpolation by push-pull (Gortler et al.'s lumigraph hole filling) on a Gaussian
+    pyramid: splat bilinearly, pull weight and weighted value sums down with cv2.pyrDown, then push back up,
+    each level blending its own average with the coarser estimate by confidence W / (W + tau). A small tau
+    keeps the anchors' own values (close to interpolation), coarse levels fill the gaps smoothly.
+    Returns (interpolated value, sample density) at working resolution; both float32."""
     h, w = work_shape
-    xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
-    yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
-    flat = yi * w + xi
-    wsum = np.bincount(flat, weight, minlength=h * w).reshape(h, w)
-    vsum = np.bincount(flat, weight * value, minlength=h * w).reshape(h, w)
+    wsum, vsum = splat_bilinear(x_work, y_work, weight, value, (h, w))
     levels = [(wsum, vsum)]
     while min(levels[-1][0].shape) > 2:
-        levels.append((_sum_pool(levels[-1][0]), _sum_pool(levels[-1][1])))
+        wl, vl = levels[-1]
+        levels.append((cv2.pyrDown(wl) * 4.0, cv2.pyrDown(vl) * 4.0))
     wl, vl = levels[-1]
-    est = np.full(wl.shape, vl.sum() / (wl.sum() + prior_count) if wl.sum() > 0 else 0.0)
+    total = float(wl.sum())
+    est = np.full(wl.shape, float(vl.sum()) / (total + prior_count) if total > 0 else 0.0, np.float32)
+    tau32 = np.float32(max(tau, 1e-6))
     for wl, vl in reversed(levels[:-1]):
         up = cv2.resize(est, (wl.shape[1], wl.shape[0]), interpolation=cv2.INTER_LINEAR)
-        alpha = np.minimum(wl, 1.0)
-        local = np.divide(vl, wl, out=np.zeros_like(vl), where=wl > 0)
-        est = alpha * local + (1 - alpha) * up
-    density = levels[0][0]
-    return est.astype(np.float32), density
+        est = (vl + tau32 * up) / (wl + tau32)
+    return est, wsum
 
 
-def _sum_pool(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape
-    if h % 2 or w % 2:
-        a = np.pad(a, ((0, h % 2), (0, w % 2)))
-    return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+def splat_bilinear(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, value: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of weight and weight * value, each sample spread bilinearly over its 4 nearest pixels (float32)."""
+    h, w = shape
+    x = np.clip(np.asarray(x, np.float64), 0, w - 1.001)
+    y = np.clip(np.asarray(y, np.float64), 0, h - 1.001)
+    x0 = x.astype(np.int64)
+    y0 = y.astype(np.int64)
+    fx, fy = x - x0, y - y0
+    i00 = y0 * w + x0
+    idx = np.concatenate([i00, i00 + 1, i00 + w, i00 + w + 1])
+    corner = np.concatenate([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
+    wt = np.tile(np.asarray(weight, np.float64), 4) * corner
+    wsum = np.bincount(idx, wt, minlength=h * w).reshape(h, w).astype(np.float32)
+    vsum = np.bincount(idx, wt * np.tile(np.asarray(value, np.float64), 4), minlength=h * w)
+    return wsum, vsum.reshape(h, w).astype(np.float32)
 
 
 def linear_interpolation(x: np.ndarray, y: np.ndarray, value: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -241,16 +253,66 @@ def linear_interpolation(x: np.ndarray, y: np.ndarray, value: np.ndarray, shape:
 
 
 def neighbour_consistent(
-    u: np.ndarray, v: np.ndarray, log_ratio: np.ndarray, threshold: float, k: int = 6
+    u: np.ndarray,
+    v: np.ndarray,
+    log_ratio: np.ndarray,
+    threshold: float,
+    k: int = 6,
+    log_g: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Anchors whose log ratio agrees with the median of their k nearest neighbours (in the image)."""
-    from scipy.spatial import cKDTree
+    """Anchors whose log ratio agrees with the weighted mean of the about k anchors around them.
 
+    With `log_g` (log relative inverse depth at the anchors) the test is edge-aware: an anchor whose
+    relative depth differs from its neighbours' by d may differ by d more in log ratio, because the
+    backbone's blurred depth edges legitimately change the ratio there, while a wrong anchor sits on
+    the same surface as its neighbours.
+
+    Leave-one-out Gaussian average on a coarse raster (kernel width from the anchors' mean spacing, so it
+    covers about k neighbours), done twice: the second pass ignores the anchors the first one flagged, so a
+    wrong neighbour does not condemn a good anchor. Cost: two small blurs instead of a KD-tree.
+    """
     n = len(log_ratio)
     if n <= k:
         return np.ones(n, bool)
-    pts = np.stack([u, v], axis=1).astype(np.float64)
-    _, nb = cKDTree(pts).query(pts, k=k + 1)
-    dev = np.abs(log_ratio - np.median(log_ratio[nb[:, 1:]], axis=1))
+    u = np.asarray(u, np.float64)
+    v = np.asarray(v, np.float64)
+    value = np.asarray(log_ratio, np.float64)
+    x_lo, y_lo = float(u.min()), float(v.min())
+    area = max((float(u.max()) - x_lo + 1.0) * (float(v.max()) - y_lo + 1.0), 1.0)
+    spacing = np.sqrt(area / n)
+    cell = max(spacing / 2.0, 1e-3)  # raster cell; the kernel spans ~sqrt(k) spacings
+    sigma_cells = np.sqrt(k / np.pi) * spacing / cell
+    gw = int(min((float(u.max()) - x_lo) / cell, 4096)) + 1
+    gh = int(min((float(v.max()) - y_lo) / cell, 4096)) + 1
+    xi = np.clip(((u - x_lo) / cell).astype(np.int64), 0, gw - 1)
+    yi = np.clip(((v - y_lo) / cell).astype(np.int64), 0, gh - 1)
+    flat = yi * gw + xi
+    ksize = 2 * int(np.ceil(2.5 * sigma_cells)) + 1
+    kern = cv2.getGaussianKernel(ksize, sigma_cells).ravel()
+    centre = float(kern[ksize // 2] ** 2)
+
+    def loo_mean(weight: np.ndarray) -> np.ndarray:
+        wsum = np.bincount(flat, weight, minlength=gh * gw).reshape(gh, gw).astype(np.float32)
+        vsum = np.bincount(flat, weight * value, minlength=gh * gw).reshape(gh, gw).astype(np.float32)
+        wb = cv2.sepFilter2D(wsum, -1, kern, kern, borderType=cv2.BORDER_CONSTANT).ravel()[flat]
+        vb = cv2.sepFilter2D(vsum, -1, kern, kern, borderType=cv2.BORDER_CONSTANT).ravel()[flat]
+        # remove each anchor's own contribution (it shares its cell's centre weight with cell-mates)
+        den = wb - centre * weight
+        num = vb - centre * weight * value
+        return np.where(den > 1e-6 * centre, num / np.maximum(den, 1e-12), value)
+
+    def loo_mean_of(weight: np.ndarray, what: np.ndarray) -> np.ndarray:
+        nonlocal value
+        saved, value = value, what
+        try:
+            return loo_mean(weight)
+        finally:
+            value = saved
+
+    ones = np.ones(n)
+    slack = np.zeros(n) if log_g is None else np.abs(log_g - loo_mean_of(ones, np.asarray(log_g, np.float64)))
+    dev = np.abs(value - loo_mean(ones))
+    first = dev <= max(threshold, 4.0 * 1.4826 * float(np.median(dev))) + slack
+    dev = np.abs(value - loo_mean(first.astype(np.float64)))
     mad = 1.4826 * float(np.median(dev))
-    return dev <= max(threshold, 4.0 * mad)
+    return dev <= max(threshold, 4.0 * mad) + slack

@@ -43,13 +43,17 @@ def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
     )
     assert bench.run(args) == 0
     report = json.loads(out.read_text())
-    assert set(report["stages_ms"]) == {"backbone", "backbone_native"}
+    assert {"backbone", "backbone_native", "scale_field", "scale_field_solve"} <= set(report["stages_ms"])
     for stats in report["stages_ms"].values():
         assert stats["repeats"] == 2 and 0 < stats["median"] <= stats["p95"]
     assert report["runtime"] == "onnxruntime" and report["threads"] == 1
     assert report["input"]["width"] == 320 and report["input"]["source"] != ""
     assert {"python", "torch", "onnxruntime"} <= set(report["versions"])
     assert report["machine"]["cpu"]
+    share = report["scale_field_share_of_backbone"]
+    assert share == pytest.approx(
+        report["stages_ms"]["scale_field"]["median"] / report["stages_ms"]["backbone"]["median"], rel=1e-2
+    )
 
 
 def test_bench_refuses_bad_sizes():

@@ -179,15 +179,43 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
     "prior.shift_rel_std": dict(description="prior std of the global shift, relative to the scale", min=0.0, max=1e3),
     "local.enabled": dict(description="edge-aware local correction of the field from the anchors' residuals"),
     "local.min_anchors": dict(description="fewer inlier anchors: no local correction", min=0, max=1000000),
-    "local.cell_factor": dict(description="grid cell of the local correction, in mean anchor spacings", min=0.0),
-    "local.min_cell_px": dict(description="smallest grid cell of the local correction (working-res px)", min=0.0),
-    "local.log_depth_cell": dict(description="grid step of the local correction along log relative depth", min=0.0),
+    "local.cell_factor": dict(
+        description="grid cell of the local correction, in mean anchor spacings", min=0.0, max=100.0
+    ),
+    "local.min_cell_px": dict(
+        description="smallest grid cell of the local correction (working-res px)", min=0.0, max=1000.0
+    ),
+    "local.log_depth_cell": dict(
+        description="grid step of the local correction along log relative depth", min=0.0, max=10.0
+    ),
     "local.blur_passes": dict(description="smoothing passes over the local correction grid", min=0, max=100),
     "local.prior_count": dict(description="pseudo-anchors of zero correction that shrink sparse corrections"),
-    "local.max_abs_log": dict(description="largest local correction, in log depth", min=0.0),
-    "local.outlier_log": dict(description="log residual off its neighbours' median that marks an outlier", min=0.0),
+    "local.max_abs_log": dict(description="largest local correction, in log depth", min=0.0, max=10.0),
+    "local.outlier_log": dict(
+        description="log residual off its neighbours' median that marks an outlier", min=0.0, max=10.0
+    ),
     "local.neighbours": dict(description="neighbours compared in the outlier test", min=1, max=1000),
-    "local.method": dict(description="local correction: delaunay, pushpull or grid"),
+    "local.method": dict(description="local correction: pushpull, delaunay or grid"),
+    "local.pushpull_tau": dict(
+        description="push-pull: anchor weight at which a level trusts itself and the coarser one equally",
+        min=0.0,
+        max=100.0,
+    ),
+    "basis.select": dict(description="choose the basis tier (or median scaling) by spatially blocked cross-validation"),
+    "basis.select_skip_anchors": dict(
+        description="this many anchors covering the whole image skip the selection (full family)", min=0, max=1000000
+    ),
+    "basis.select_tolerance": dict(
+        description="held-out error a richer tier must gain (fraction) to be chosen", min=0.0, max=10.0
+    ),
+    "basis.coverage_penalty": dict(
+        description="extra gain asked of richer tiers per missing anchor coverage", min=0.0, max=10.0
+    ),
+    "basis.source": dict(description="basis maps: analytic, or learned (a trained basis head)", read_only=True),
+    "basis.checkpoint": dict(description="basis head checkpoint for basis.source learned", read_only=True),
+    "solver.irls_tolerance": dict(
+        description="robust reweighting stops when the weights change less than this (relative)", min=0.0, max=1.0
+    ),
 }
 
 

@@ -1,0 +1,280 @@
+"""Learned basis maps: a light convolutional head from backbone features + relative depth to K basis maps.
+
+The head reads chosen decoder feature maps ("taps") and the log relative inverse depth, and outputs K maps at
+the finest tap's resolution; `expand_maps` takes them to the working resolution with a guided filter (guide:
+log relative inverse depth, as the analytic PCA bases) and normalises each to zero mean, unit RMS. The
+provider `LearnedBases` returns the same `BasisSet` as `bases.build_bases` (constant map first, then the
+learned ones), so design, solve, temporal filter and compose are shared with the analytic path.
+
+A checkpoint records the backbone, the taps and their channel counts, K and the head's width; loading it
+against a backbone whose features differ is a clear error. `export_fastdepth_with_head` writes one ONNX graph
+computing depth, features and the head's maps (output `learned_bases`); `LearnedBases` then uses that output
+directly instead of running the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from .anchors import Anchors
+from .backbone import BackboneOutput
+from .bases import BasisConfig, BasisSet, relative_inverse_depth, working_shape
+
+CHECKPOINT_FORMAT = 1
+BASES_OUTPUT = "learned_bases"  # graph output name of the head's maps
+FASTDEPTH_TAPS = ("dec3", "dec4")  # 120x28x28 and 56x56x56 at FastDepth's 224x224 input
+
+
+class CheckpointError(ValueError):
+    """A head checkpoint that is unreadable, of another format, or trained for another backbone."""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a head was built for; stored in its checkpoint."""
+
+    backbone: str  # backbone name, e.g. "fastdepth"
+    taps: tuple[str, ...]  # feature maps read, finest last or first (the finest sets the output size)
+    channels: tuple[int, ...]  # channels of each tap
+    k: int  # learned maps (the constant map is added on top)
+    hidden: int = 32
+    backbone_model_sha256: str = ""  # of the model file the features came from, "" when unknown
+
+    def __post_init__(self) -> None:
+        if len(self.taps) != len(self.channels) or not self.taps:
+            raise ValueError(f"taps {self.taps} and channels {self.channels} must be non-empty and match")
+        if self.k < 1 or self.hidden < 1:
+            raise ValueError(f"k and hidden must be >= 1, got {self.k}, {self.hidden}")
+
+
+class BasisHead(nn.Module):
+    """features (list of Bx C_i x h_i x w_i, in `spec.taps` order) + relative inverse depth Bx1xHxW
+    -> B x K x h x w maps at the finest tap's resolution, each zero mean and unit RMS."""
+
+    def __init__(self, spec: HeadSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        c = spec.hidden
+        self.proj = nn.ModuleList(nn.Conv2d(ch, c, 1) for ch in spec.channels)
+        self.body = nn.Sequential(
+            nn.Conv2d(c + 1, c, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c, spec.k, 1),
+        )
+
+    def forward(self, features: list[torch.Tensor], inv_rel: torch.Tensor) -> torch.Tensor:
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        out_hw = max(sizes, key=lambda s: s[0] * s[1])
+        x = 0
+        for proj, f in zip(self.proj, features, strict=True):
+            p = proj(f)
+            if tuple(p.shape[-2:]) != out_hw:
+                p = F.interpolate(p, size=out_hw, mode="bilinear", align_corners=False)
+            x = x + p
+        # log relative inverse depth, mean removed: invariant to the relative map's unknown scale
+        z = torch.log(F.adaptive_avg_pool2d(inv_rel.clamp_min(1e-6), out_hw))
+        z = z - z.mean(dim=(2, 3), keepdim=True)
+        maps = self.body(torch.cat([F.relu(x), z], dim=1))
+        return normalise_maps(maps)
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Each map zero mean, unit RMS over its pixels (B x K x h x w)."""
+    maps = maps - maps.mean(dim=(2, 3), keepdim=True)
+    return maps / torch.sqrt((maps**2).mean(dim=(2, 3), keepdim=True) + 1e-6)
+
+
+def n_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------ maps to work res
+
+
+def _reflect_index(n: int, r: int, device) -> torch.Tensor:
+    """Indices padding a length-n axis by r on each side, mirrored with the edge repeated (cv2 BORDER_REFLECT)."""
+    idx = torch.arange(-r, n + r, device=device)
+    period = 2 * n
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= n, period - 1 - idx, idx)
+
+
+def box_filter(a: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over (2r+1)^2 windows of B x C x h x w, reflected borders (as cv2.boxFilter, BORDER_REFLECT)."""
+    if radius <= 0:
+        return a
+    h, w = a.shape[-2:]
+    a = a.index_select(-2, _reflect_index(h, radius, a.device)).index_select(-1, _reflect_index(w, radius, a.device))
+    return F.avg_pool2d(a, 2 * radius + 1, stride=1)
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """`bases.guided_filter` in torch, batched: guide B x 1 x h x w, src B x C x h x w."""
+    mean_i, mean_p = box_filter(guide, radius), box_filter(src, radius)
+    cov_ip = box_filter(guide * src, radius) - mean_i * mean_p
+    var_i = box_filter(guide * guide, radius) - mean_i * mean_i
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return box_filter(a, radius) * guide + box_filter(b, radius)
+
+
+def expand_maps(low: torch.Tensor, log_g_work: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """Head maps B x K x h0 x w0 -> B x K x h x w at working resolution: bilinear, guided by log g, normalised."""
+    h, w = log_g_work.shape[-2:]
+    up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return normalise_maps(guided_filter(log_g_work[:, None], up, radius, eps))
+
+
+# ------------------------------------------------------------------------------------------ checkpoint
+
+
+def save_checkpoint(path: str | Path, head: BasisHead, training: dict | None = None) -> Path:
+    """Write the head's weights with its `HeadSpec` and a record of its training."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": dataclasses.asdict(head.spec),
+        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "training": training or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[BasisHead, dict]:
+    """(head in eval mode, training record). `backbone`: the name it must have been trained for."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"basis head checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        d = dict(state["spec"])
+        d["taps"] = tuple(d["taps"])
+        d["channels"] = tuple(int(c) for c in d["channels"])
+        spec = HeadSpec(**d)
+        head = BasisHead(spec)
+        head.load_state_dict(state["state_dict"])
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a basis head checkpoint: {exc}") from exc
+    if backbone is not None and spec.backbone != backbone:
+        raise CheckpointError(
+            f"{path} was trained for backbone {spec.backbone!r} (taps {', '.join(spec.taps)}), not {backbone!r}"
+        )
+    return head.eval(), dict(state.get("training", {}))
+
+
+def file_sha256(path: str | Path | None) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ provider
+
+
+def tap_tensors(features: dict[str, np.ndarray], spec: HeadSpec) -> list[torch.Tensor]:
+    """The head's inputs from a `BackboneOutput.features`, or a `CheckpointError` naming what is missing."""
+    out = []
+    for name, ch in zip(spec.taps, spec.channels, strict=True):
+        f = features.get(name)
+        if f is None or f.ndim != 3 or f.shape[0] != ch:
+            have = {k: tuple(v.shape) for k, v in features.items()}
+            raise CheckpointError(
+                f"basis head trained for {spec.backbone!r} needs feature {name!r} with {ch} channels; "
+                f"this backbone gives {have}"
+            )
+        out.append(torch.from_numpy(np.ascontiguousarray(f, np.float32))[None])
+    return out
+
+
+class LearnedBases:
+    """Basis provider with `build_bases`' signature: (BackboneOutput, BasisConfig, n_anchors, anchors) -> BasisSet."""
+
+    def __init__(self, head: BasisHead, training: dict | None = None) -> None:
+        self.head = head.eval()
+        self.spec = head.spec
+        self.training = training or {}
+        self.names = ("const", *(f"learned{i}" for i in range(self.spec.k)))
+
+    @staticmethod
+    def from_checkpoint(path: str | Path, backbone: str | None = None) -> LearnedBases:
+        head, training = load_checkpoint(path, backbone)
+        return LearnedBases(head, training)
+
+    def low_maps(self, out: BackboneOutput, g: np.ndarray) -> torch.Tensor:
+        """1 x K x h0 x w0: the graph's `learned_bases` output when present, else the head run here."""
+        given = out.features.get(BASES_OUTPUT)
+        if given is not None and given.ndim == 3 and given.shape[0] == self.spec.k:
+            return torch.from_numpy(np.ascontiguousarray(given, np.float32))[None]
+        feats = tap_tensors(out.features, self.spec)
+        with torch.inference_mode():
+            return self.head(feats, torch.from_numpy(g)[None, None])
+
+    def __call__(
+        self, out: BackboneOutput, config: BasisConfig, n_anchors: int, anchors: Anchors | None = None
+    ) -> BasisSet:
+        g, med, constant = relative_inverse_depth(out)
+        h, w = working_shape(g.shape, config.work_long_side)
+        import cv2
+
+        g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        low = self.low_maps(out, g)
+        with torch.inference_mode():
+            maps = expand_maps(low, torch.from_numpy(np.log(g_work))[None], config.guided_radius, config.guided_eps)
+        stack = np.concatenate([np.ones((1, h, w), np.float32), maps[0].numpy().astype(np.float32)])
+        if constant:  # no depth structure: the learned maps would be noise; keep the constant only
+            stack, names = stack[:1], self.names[:1]
+        else:
+            names = self.names
+        return BasisSet(stack, names, g, g_work, med, constant, tier=3)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+class FastDepthWithHead(nn.Module):
+    """FastDepth + head in one graph: image -> (depth, {dec1..dec5}, learned_bases)."""
+
+    def __init__(self, backbone: nn.Module, head: BasisHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor):
+        depth, features = self.backbone(x)
+        inv = 1.0 / depth.clamp_min(1e-3)
+        maps = self.head([features[t] for t in self.head.spec.taps], inv)
+        return depth, features, maps
+
+
+def export_fastdepth_with_head(model_path: str | Path, checkpoint: str | Path, out: str | Path) -> Path:
+    """One ONNX graph computing FastDepth's depth, its decoder features and the head's maps.
+
+    Loads with `load_backbone("fastdepth", out)` (ONNX Runtime); its `learned_bases` output reaches
+    `LearnedBases` through `BackboneOutput.features`.
+    """
+    from .fastdepth import DEPTH_OUTPUT, FEATURE_NAMES, INPUT_SIZE
+    from .onnx_export import export_onnx
+    from .tflite_weights import load_fastdepth
+
+    head, _ = load_checkpoint(checkpoint, "fastdepth")
+    model, _ = load_fastdepth(Path(model_path))
+    module = FastDepthWithHead(model.eval(), head)
+    return export_onnx(module, out, (INPUT_SIZE, INPUT_SIZE), [DEPTH_OUTPUT, *FEATURE_NAMES, BASES_OUTPUT])
