@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,13 @@ import numpy as np
 
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
-from .bases import BasisConfig, build_bases, sample_maps, tier_for
+from .bases import BasisConfig, BasisSet, build_bases, sample_maps, tier_for
 from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
+
+_FAMILY_VOTES = 5  # the filter's basis family is the median of this many frames' own choices
 
 
 def _default_filter_config() -> FilterConfig:
@@ -138,6 +141,7 @@ class Pipeline:
         self._names: tuple[str, ...] = ()  # basis names of the filter state's weights
         self._tier = 0  # basis tier of the filter state
         self._misfit: float | None = None  # model misfit of the last anchored frame (kept while coasting)
+        self._votes: deque[int] = deque(maxlen=_FAMILY_VOTES)  # the latest frames' own basis tiers
         if self._local_filter is not None:
             self._local_filter.reset()
 
@@ -161,7 +165,7 @@ class Pipeline:
             self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
             if self._filter.state is None:
                 self._forget_family()
-        bases = self._bases(out, clean, use_filter)
+        bases, own = self._bases(out, clean, use_filter)
         t1 = time.perf_counter()
 
         design = anchor_design(bases, clean, cfg.noise_rel)
@@ -170,7 +174,8 @@ class Pipeline:
         reset_reason, nis_per_dof = "", 0.0
         if use_filter:
             tf = time.perf_counter()
-            fit, reset_reason, nis_per_dof = self._filter_weights(design, bases, initial, fit, level, why, stamp_s)
+            step = self._filter_weights(design, bases, own, clean, initial, fit, level, why, stamp_s)
+            bases, design, fit, reset_reason, nis_per_dof = step
             t_filter += time.perf_counter() - tf
         local = None
         carried = self._local_filter.current(bases.work_shape) if use_filter and cfg.local.enabled else None
@@ -227,19 +232,32 @@ class Pipeline:
             nis_per_dof,
         )
 
-    def _bases(self, out: BackboneOutput, clean: Anchors, use_filter: bool):
-        """The frame's basis family: its own choice (what evaluation uses) unless the filter holds a state of
-        another family. A richer own family is taken (the weights are carried over by name); otherwise the
-        state's family is kept when anchors are few, clustered or absent: the prediction is the prior and the
-        ridge solve toward it copes with them, so the frame coasts or nudges the estimate instead of resetting."""
+    def _bases(self, out: BackboneOutput, clean: Anchors, use_filter: bool) -> tuple[BasisSet, BasisSet]:
+        """The frame's basis family: its own choice (what evaluation uses), or with the filter on, the median
+        of the latest `_FAMILY_VOTES` own choices of frames whose anchors could choose one.
+
+        Frames without such anchors (none, fewer than a tier's worth, median scaling) keep the state's family:
+        the prediction is the prior and the ridge solve toward it copes with few anchors, so the frame coasts
+        or nudges the estimate instead of losing its shape. The median keeps a selection that flickers between
+        tiers from adding and dropping weights every other frame (the filter carries weights over by name:
+        added ones start at their prior, dropped ones are marginalised out and their history is lost).
+        Returns the family to use and the frame's own choice.
+        """
         cfg = self.config
         own = self.bases_fn(out, cfg.basis, len(clean), clean)
-        if not use_filter or self._filter.state is None or own.tier > self._tier or own.names == self._names:
-            return own
-        held = self.bases_fn(out, cfg.basis, _anchor_count_for_tier(self._tier, len(clean), cfg.basis), None)
+        if not use_filter:
+            return own, own
+        if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), cfg.basis) >= 1:
+            self._votes.append(own.tier)
+        if self._filter.state is None:
+            return own, own
+        tier = sorted(self._votes)[len(self._votes) // 2] if self._votes else self._tier
+        if own.tier == tier and (own.names == self._names or tier != self._tier):
+            return own, own
+        held = self.bases_fn(out, cfg.basis, _anchor_count_for_tier(tier, len(clean), cfg.basis), None)
         if hasattr(held, "coverage") and hasattr(own, "coverage"):
             held = dataclasses.replace(held, coverage=own.coverage)  # how far these anchors reach
-        return held
+        return held, own
 
     def _frame_fit(self, bases, design) -> tuple[Prior, FitResult, FitLevel, str]:
         """The frame on its own (the result without the filter): global alignment, then the field around it.
@@ -258,10 +276,20 @@ class Pipeline:
         return initial, fit, level, why
 
     def _filter_weights(
-        self, design, bases, initial: Prior, frame_fit: FitResult, level: FitLevel, why: str, stamp_s: float
-    ) -> tuple[FitResult, str, float]:
+        self,
+        design,
+        bases,
+        own,
+        clean: Anchors,
+        initial: Prior,
+        frame_fit: FitResult,
+        level: FitLevel,
+        why: str,
+        stamp_s: float,
+    ):
         """Kalman step on the weights: predict, check the innovation, update (the solve toward the prediction)
-        or coast. Returns the fit to publish, the reset reason ('' if none) and the innovation's NIS per degree
+        or coast. After a reset the frame stands alone, in its own basis family (`own`). Returns the family and
+        design used, the fit to publish, the reset reason ('' if none) and the innovation's NIS per degree
         of freedom."""
         f = self._filter
         if f.state is not None and self._names != bases.names:
@@ -270,16 +298,23 @@ class Pipeline:
         if not had_state and not getattr(bases, "shift_free", True):
             # median scaling (few or clustered anchors, shift pinned, scale held at the median ratio): no state
             # is born from it, its pinned spreads would freeze the random walk; the frame stands alone
-            return frame_fit, "", 0.0
+            return bases, design, frame_fit, "", 0.0
         predicted = f.predict(stamp_s, initial)
         fit, reason, nis_per_dof = frame_fit, "", 0.0
         if had_state and frame_fit.level is not FitLevel.PRIOR:
             nis, dof = _innovation(predicted, frame_fit, initial, design)
             nis_per_dof = nis / dof if dof > 0 else 0.0
-            if f.should_reset(nis, dof):
-                reason = f"innovation NIS/dof {nis_per_dof:.1f} > {f.config.reset_nis_threshold:g}: scene changed"
+            reason = f.innovation_reset(nis, dof)
+            if reason:
                 f.reset(reason)
                 self._forget_family()  # the local correction goes too
+                if own is not bases:  # the held family belonged to the old scene
+                    bases, design = own, anchor_design(own, clean, self.config.noise_rel)
+                    initial, fit, level, why = self._frame_fit(own, design)
+                if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), self.config.basis) >= 1:
+                    self._votes.append(own.tier)
+                if not getattr(own, "shift_free", True):
+                    return bases, design, fit, reason, nis_per_dof  # median scaling: no state is born (see above)
                 f.predict(stamp_s, initial)  # born again from this frame alone
         if had_state and not reason:
             # the field's model prior (identity correction around this frame's global alignment) holds on
@@ -298,7 +333,7 @@ class Pipeline:
             f.update(fit, stamp_s)
         if f.state is not None:
             self._names, self._tier = bases.names, bases.tier
-        return fit, reason, nis_per_dof
+        return bases, design, fit, reason, nis_per_dof
 
     def _filter_local(
         self, local: LocalCorrection | None, carried: np.ndarray | None, misfit_log_var: float, stamp_s: float

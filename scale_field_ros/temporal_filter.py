@@ -36,7 +36,8 @@ class FilterConfig:
     process_noise: std of the weights' random walk after one second, as a fraction of the initial prior's std
         (variance grows linearly in time).
     max_coast_s: coasting longer than this is reported (`coast_exceeded`) on diagnostics and confidence.
-    reset_nis_threshold: reset when NIS / dof exceeds this (a consistent filter has NIS / dof near 1).
+    reset_nis_threshold: reset when NIS / dof exceeds this on one frame, or summed over the last three frames
+        with anchors (a consistent filter has NIS / dof near 1).
     enabled: off by default so evaluation treats frames independently.
     backwards_tolerance_s: a stamp older than the last one by more than this resets (bag looped, clock reset);
         smaller reorderings are treated as dt = 0.
@@ -93,6 +94,9 @@ def _inverse(m: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(m)
 
 
+SUSTAINED_FRAMES = 3  # frames over which a smaller, lasting disagreement adds up to a reset
+
+
 class WeightFilter:
     """Random-walk Kalman filter on the scale-field weights (see module docstring).
 
@@ -110,6 +114,7 @@ class WeightFilter:
         self._stamp_s: float | None = None  # stamp of `state`
         self._reference_cov: np.ndarray | None = None  # P0 of the latest initial prior: scale of the random walk
         self._last_update_s: float | None = None
+        self._recent_nis: list[float] = []  # NIS / dof of the latest frames with anchors
 
     @property
     def coast_exceeded(self) -> bool:
@@ -201,9 +206,27 @@ class WeightFilter:
             return True
         return innovation_nis / dof > self.config.reset_nis_threshold
 
+    def innovation_reset(self, innovation_nis: float, dof: int) -> str:
+        """Record a frame's innovation; the reason to reset ('' if none): this frame's NIS / dof is above the
+        threshold (a cut), or the last `SUSTAINED_FRAMES` frames' NIS / dof add up above it (the state keeps
+        disagreeing with the anchors, by less than a cut: a scene change seen by few anchors, or a drift)."""
+        if self.state is None or dof <= 0:
+            return ""
+        threshold = self.config.reset_nis_threshold
+        per_dof = innovation_nis / dof if np.isfinite(innovation_nis) else float("inf")
+        self._recent_nis.append(per_dof)
+        self._recent_nis = self._recent_nis[-SUSTAINED_FRAMES:]
+        if self.should_reset(innovation_nis, dof):
+            return f"innovation NIS/dof {per_dof:.1f} > {threshold:g}: scene changed"
+        if len(self._recent_nis) == SUSTAINED_FRAMES and sum(self._recent_nis) > threshold:
+            last = " + ".join(f"{x:.1f}" for x in self._recent_nis)
+            return f"innovation NIS/dof over {SUSTAINED_FRAMES} frames {last} > {threshold:g}: the scene changed"
+        return ""
+
     def reset(self, reason: str = "reset requested") -> None:
         """Forget the state; the next `predict` returns the caller's initial prior."""
         self.state = None
+        self._recent_nis = []
         self._stamp_s = None
         self._last_update_s = None
         self.coasting = False

@@ -83,3 +83,22 @@ def test_scene_cut_resets_and_the_same_scene_does_not():
     assert "scene changed" in cut.filter_reset and cut.nis_per_dof > cfg.filter.reset_nis_threshold
     # after the reset the frame stands on its own: the same depth as without the filter
     np.testing.assert_allclose(cut.depth_m, alone.process_output(out, draw.anchors).depth_m, rtol=1e-5)
+
+
+def test_median_scaling_frames_stand_alone_until_a_field_can_be_fitted():
+    frame, out = infer("sun3d_seq", 0)
+    pipe = Pipeline(None, FILTERED)
+    alone = Pipeline(None, dataclasses.replace(FILTERED, filter=FilterConfig(enabled=False)))
+    rows, cols = np.nonzero(frame.depth_m[20:90, 20:120] > 0)  # one corner: one cell of the selection grid
+    pick = np.random.default_rng(0).choice(len(rows), 30, replace=False)
+    corner = Anchors.from_arrays(cols[pick] + 20, rows[pick] + 20, frame.depth_m[rows[pick] + 20, cols[pick] + 20])
+    first = pipe.process_output(out, corner, 0.0)
+    assert first.basis_signature.startswith("t-1:")  # median scaling, its shift pinned
+    np.testing.assert_array_equal(first.depth_m, alone.process_output(out, corner).depth_m)
+    assert pipe._filter.state is None  # no state is born from pinned spreads
+    draw = draw_anchors(frame, "uniform", 100, seed=3, noise=0.02)
+    second = pipe.process_output(out, draw.anchors, DT)
+    assert pipe._filter.state is not None and not second.basis_signature.startswith("t-1:")
+    again = pipe.process_output(out, corner, 2 * DT)  # the state's family is kept, the corner only nudges it
+    assert again.basis_signature == second.basis_signature and not again.filter_reset
+    assert _absrel(again, draw) <= _absrel(second, draw) + 0.02

@@ -157,3 +157,19 @@ def test_correction_filter_averages_noise_and_widens_while_coasting():
 def test_local_process_noise_validation():
     with pytest.raises(ValueError):
         FilterConfig(local_process_noise=float("nan"))
+
+
+def test_a_cut_or_a_lasting_smaller_disagreement_resets():
+    f = WeightFilter(FilterConfig(reset_nis_threshold=25.0, enabled=True))
+    assert f.innovation_reset(1000.0, K) == ""  # no state: nothing to disagree with
+    f.update(_fit(np.ones(K)), 0.0)
+    assert "scene changed" in f.innovation_reset(30.0 * K, K)  # one frame far off: a cut
+    f.reset("scene changed")
+    f.update(_fit(np.ones(K)), 0.1)
+    for _ in range(5):
+        assert f.innovation_reset(2.0 * K, K) == ""  # consistent enough, however long
+    assert f.innovation_reset(9.0 * K, K) == "" and f.innovation_reset(9.0 * K, K) == ""
+    assert "3 frames" in f.innovation_reset(9.0 * K, K)  # three frames of 9 per dof add up past 25
+    f.reset("scene changed")
+    f.update(_fit(np.ones(K)), 1.0)
+    assert f.innovation_reset(9.0 * K, K) == ""  # the history went with the state
