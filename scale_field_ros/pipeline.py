@@ -16,7 +16,7 @@ import numpy as np
 
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
-from .bases import BasisConfig, BasisSet, build_bases, sample_maps, tier_for
+from .bases import BasisConfig, BasisSet, bases_provider, sample_maps, tier_for
 from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import FitLevel, FitResult, Prior, SolverConfig, solve
@@ -125,8 +125,8 @@ class Pipeline:
     def __init__(self, backbone: Backbone | None, config: PipelineConfig | None = None, bases_fn=None):
         self.backbone = backbone
         self.config = config or PipelineConfig()
-        # (BackboneOutput, BasisConfig, n_anchors) -> BasisSet: analytic by default, or basis_head.LearnedBases
-        self.bases_fn = bases_fn or build_bases
+        # (BackboneOutput, BasisConfig, n_anchors, anchors) -> BasisSet: as configured (basis.source), unless given
+        self.bases_fn = bases_fn or bases_provider(self.config.basis, getattr(backbone, "name", None))
         self._filter = None
         self._local_filter = None
         self.reset()

@@ -168,3 +168,20 @@ def test_onnx_export_with_head_matches_pytorch(tmp_path, fastdepth_path):
     from_graph = LearnedBases(head)(ort_out, BasisConfig(), 100).maps
     from_head = LearnedBases(head)(torch_out, BasisConfig(), 100).maps
     assert np.corrcoef(from_graph.ravel(), from_head.ravel())[0, 1] > 0.95
+
+
+def test_pipeline_uses_the_configured_learned_head_and_falls_back_without_one(tmp_path):
+    bb = _fastdepth()
+    path = save_checkpoint(tmp_path / "head.pt", _head(k=3), {})
+    frame, out = infer("nyu", 0)
+    anchors = draw_anchors(frame, "uniform", 200, seed=1).anchors
+    learned_cfg = PipelineConfig(max_depth_m=10.0, basis=BasisConfig(source="learned", checkpoint=str(path)))
+    pipe = Pipeline(bb, learned_cfg)
+    assert isinstance(pipe.bases_fn, LearnedBases)
+    res = pipe.process_output(out, anchors)
+    assert "learned" in res.basis_signature and np.isfinite(res.depth_m).all()
+    with pytest.warns(UserWarning, match="without a checkpoint"):
+        fallback = Pipeline(bb, PipelineConfig(max_depth_m=10.0, basis=BasisConfig(source="learned")))
+    assert "learned" not in fallback.process_output(out, anchors).basis_signature
+    with pytest.raises(CheckpointError, match="trained for backbone 'fastdepth'"):
+        Pipeline(type("Other", (), {"name": "depth_anything_v2_small"})(), learned_cfg)

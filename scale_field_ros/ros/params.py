@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bases import BASIS_SOURCES
 from ..camera import as_transform
 from ..pipeline import PipelineConfig
 
@@ -211,7 +212,9 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
     "basis.coverage_penalty": dict(
         description="extra gain asked of richer tiers per missing anchor coverage", min=0.0, max=10.0
     ),
-    "basis.source": dict(description="basis maps: analytic, or learned (a trained basis head)", read_only=True),
+    "basis.source": dict(
+        description="basis maps: analytic, or learned (a trained basis head)", choices=BASIS_SOURCES, read_only=True
+    ),
     "basis.checkpoint": dict(description="basis head checkpoint for basis.source learned", read_only=True),
     "solver.irls_tolerance": dict(
         description="robust reweighting stops when the weights change less than this (relative)", min=0.0, max=1.0
