@@ -44,7 +44,8 @@ def test_overload_keeps_newest_and_stays_flat(sun3d):
             start = time.perf_counter()
             h.process_frame(frame.rgb, t)
             durations.append(time.perf_counter() - start)
-        period = float(np.median(durations)) / 2.0  # twice the processing rate
+        # three times the processing rate: at least twice even when the machine's load changes mid-test
+        period = float(np.median(durations)) / 3.0
         image = conv.rgb8_image_msg(frame.rgb, header(t))
         published: list[float] = []
         mem: list[float] = []
