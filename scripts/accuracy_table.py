@@ -3,6 +3,7 @@
 clean and with 2% noise + 10% outliers, and write the AbsRel table to docs/accuracy.md.
 
 Usage: python scripts/accuracy_table.py [--model PATH] [--seeds 3] [--out docs/accuracy.md] [--json-dir out/eval]
+       python scripts/accuracy_table.py --render-only   (re-render from the JSON of the last run)
        [--panels DIR]   (per-frame panels of the clean uniform run; docs/panels comes from scripts/doc_panels.py)
 """
 
@@ -31,6 +32,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "accuracy.md"))
     p.add_argument("--json-dir", default=str(ROOT / "out" / "eval"))
     p.add_argument("--panels", default=None, help="folder for per-frame panels of the clean uniform run")
+    p.add_argument("--render-only", action="store_true", help="re-render the doc from the JSON of an earlier run")
     a = p.parse_args()
     started = time.monotonic()
     data = sorted(d for d in (shared_root() / "data").iterdir() if (d / "manifest.json").is_file())
@@ -67,14 +69,18 @@ def main() -> int:
                 cmd += ["--model", a.model]
             if a.panels and pattern == "uniform" and noise == 0:
                 cmd += ["--panels", a.panels]
-            print(" ".join(cmd), file=sys.stderr)
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            if not a.render_only:
+                print(" ".join(cmd), file=sys.stderr)
+                subprocess.run(cmd, check=True, cwd=ROOT)
             for r in json.loads((json_dir / f"{tag}.json").read_text())["rows"]:
                 rows.append({**r, "corruption": "clean" if noise == 0 else "2% noise, 10% outliers"})
+    provenance_file = json_dir / "provenance.txt"
+    if not a.render_only:
+        minutes = (time.monotonic() - started) / 60.0
+        command = "python scripts/accuracy_table.py " + " ".join(sys.argv[1:])
+        provenance_file.write_text(f"`{command}` ({a.seeds} seeds, {minutes:.0f} min on this machine)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    minutes = (time.monotonic() - started) / 60.0
-    command = "python scripts/accuracy_table.py " + " ".join(sys.argv[1:])
-    Path(a.out).write_text(render(rows, f"`{command}` ({a.seeds} seeds, {minutes:.0f} min on this machine)"))
+    Path(a.out).write_text(render(rows, provenance_file.read_text().strip()))
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 
@@ -106,6 +112,7 @@ def render(rows: list[dict], provenance: str = "") -> str:
     for r in rows:
         table.setdefault((r["corruption"], r["pattern"], r["dataset"], r["anchors"]), {})[r["method"]] = r["absrel"]
     wins = total = 0
+    losses = []
     current = None
     for k in keys:
         if k[:2] != current:
@@ -123,11 +130,18 @@ def render(rows: list[dict], provenance: str = "") -> str:
             ("**%.4f**" if vals.get(m) == best else "%.4f") % vals[m] if vals.get(m) is not None else "-"
             for m in METHODS
         ]
-        baseline_best = min(v for m, v in vals.items() if m != "field" and v is not None)
+        baseline_best, best_method = min((v, m) for m, v in vals.items() if m != "field" and v is not None)
         total += 1
-        wins += int(vals.get("field", 9e9) < baseline_best)
+        if vals.get("field", 9e9) < baseline_best:
+            wins += 1
+        else:
+            losses.append((*k, vals.get("field", float("nan")), baseline_best, best_method))
         lines.append(f"| {k[2]} | {k[3]} | " + " | ".join(cells) + " |")
     lines += ["", f"The field beats the best baseline in {wins} of {total} rows.", ""]
+    if losses:
+        lines += ["Rows where a baseline is better (field / best baseline):", ""]
+        lines += [f"- {c}, {p}, {d}, {n} anchors: {f:.4f} / {b:.4f} ({m})" for c, p, d, n, f, b, m in losses]
+        lines.append("")
     return "\n".join(lines)
 
 
