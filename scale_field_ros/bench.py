@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,9 @@ class BenchContext:
     rgb: np.ndarray  # HxWx3 uint8 at --width x --height
     frame: object | None  # the scale_field_ros.datasets.Frame it came from, None for a synthetic image
     repeats: int
+    device: str = "cpu"  # resolved --device (cpu or cuda[:N]) for the torch stages
+    node: bool = False  # --node: also time the ROS node end to end (needs rclpy)
+    info: dict = field(default_factory=dict)  # report entries beside "stages_ms" that a stage bench adds
 
 
 def bench_backbone(ctx: BenchContext) -> dict[str, LatencyStats]:
@@ -137,11 +140,58 @@ def scale_field_share(stages: dict[str, LatencyStats]) -> float | None:
     return round(stages["scale_field"].median / stages["backbone"].median, 4)
 
 
+def bench_scale_field_torch(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """The torch scale-field stage (anchor design, both solves, compose; `field_torch`) on `ctx.device`, same
+    frame and anchor count as "scale_field"."""
+    from .datasets import shared_root
+
+    if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
+        return {}
+    from .field_torch import benchmark_scale_field_torch
+
+    run = benchmark_scale_field_torch(ctx.device, n_anchors=SCALE_FIELD_ANCHORS, repeats=ctx.repeats)
+    return {"scale_field_torch": latency_stats(run["scale_field_samples"])}
+
+
+def bench_node_end_to_end(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """With --node: image receipt to metric_depth publication of the real ROS node over DDS
+    (`ros.bench_node.benchmark_node`, 640x480 sun3d_seq frames, this backbone), one frame at a time; its
+    median non-backbone share goes to the report as "node_non_backbone_share"."""
+    import importlib.util
+
+    if not ctx.node:
+        return {}
+    if importlib.util.find_spec("rclpy") is None:
+        print("bench: --node skipped: rclpy (ROS 2 Python) is not installed", file=sys.stderr)
+        return {}
+    from .datasets import shared_root
+
+    if not (shared_root() / "data" / "sun3d_seq" / "manifest.json").is_file():
+        print("bench: --node skipped: shared/data/sun3d_seq is missing", file=sys.stderr)
+        return {}
+    from .ros.bench_node import benchmark_node
+
+    run = benchmark_node(ctx.backbone, frames=ctx.repeats)
+    ctx.info["node_non_backbone_share"] = round(run["non_backbone_share"], 4)
+    return {"node_end_to_end": latency_stats(run["latency_samples_ms"])}
+
+
 STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [
     bench_backbone,
     bench_backbone_split,
     bench_scale_field,
+    bench_scale_field_torch,
+    bench_node_end_to_end,
 ]
+
+
+def torch_device(requested: str) -> str:
+    """--device for the torch stages: "auto" is cuda when torch sees one, else cpu."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def bench_input(width: int, height: int) -> tuple[np.ndarray, object | None, str]:
@@ -228,6 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=640, help="input image width (default 640)")
     parser.add_argument("--height", type=int, default=480, help="input image height (default 480)")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per stage")
+    parser.add_argument("--node", action="store_true", help="also time the ROS node end to end (needs rclpy)")
     parser.add_argument("--json", default=None, help="write the report here (default: print it)")
 
 
@@ -248,7 +299,14 @@ def run(args: argparse.Namespace) -> int:
         options["precision"] = "fp32"
     backbone = load_backbone(args.backbone, args.model, args.runtime, args.threads, args.device, **options)
     rgb, frame, source = bench_input(args.width, args.height)
-    ctx = BenchContext(backbone=backbone, rgb=rgb, frame=frame, repeats=args.repeats)
+    ctx = BenchContext(
+        backbone=backbone,
+        rgb=rgb,
+        frame=frame,
+        repeats=args.repeats,
+        device=torch_device(args.device),
+        node=args.node,
+    )
     stages: dict[str, LatencyStats] = {}
     for bench in STAGE_BENCHES:
         stages.update(bench(ctx))
@@ -261,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
         model=str(getattr(backbone, "model_path", args.model)),
         input={"source": source, "width": args.width, "height": args.height},
         scale_field_share_of_backbone=scale_field_share(stages),
+        **ctx.info,
     )
     text = json.dumps(report, indent=2)
     if args.json:

@@ -481,8 +481,9 @@ def compose(
 
 def benchmark_scale_field_torch(
     device: str = "cpu", n_anchors: int = 1000, repeats: int = 30, dtype: torch.dtype = torch.float32, seed: int = 0
-) -> dict[str, float]:
-    """Median milliseconds of the torch scale-field stage (anchor design, both solves, compose) on `device`.
+) -> dict[str, float | list[float]]:
+    """Median milliseconds of the torch scale-field stage (anchor design, both solves, compose) on `device`,
+    and each timed call's total under "scale_field_samples".
 
     Bases come from the numpy `build_bases` on a real 640x480 NYU frame (ground truth blurred into a relative
     map, image colours as features, as `pipeline.benchmark_scale_field`), uploaded once; the timed part is
@@ -537,6 +538,7 @@ def benchmark_scale_field_torch(
         "solve": float(med[0]),
         "compose": float(med[1]),
         "scale_field": float(np.median(arr.sum(axis=1))),
+        "scale_field_samples": [float(x) for x in arr.sum(axis=1)],  # per timed call, for LatencyStats
         "n_anchors": float(len(pick)),
         "k": float(bases.k),
         "width": float(gt.shape[1]),

@@ -40,8 +40,6 @@ OUTPUT_TOPICS = {
     "scale_field": "/scale_field",
 }
 TF_STATIC = "/tf_static"
-IMAGE_BACKWARDS_TOLERANCE_S = 0.5  # as the node: an image stamp this far back means the bag looped
-ASPECT_TOLERANCE = 0.01  # as the node: camera_info of another size is scaled only when the aspect matches
 MAX_PNG_DEPTH_M = 65.535  # 16-bit millimetres; farther pixels are written as 0 (no data), the .npy keeps them
 DEFAULT_PATTERN_COUNTS = {"uniform": 500, "lidar": 2000, "vio": 300}
 
@@ -173,24 +171,17 @@ class RunStats:
 
 
 class BagFrameProcessor:
-    """The node's per-message logic (ros/node.py) on rosbags messages: buffers, then `process_image`."""
+    """The node's per-message logic (`frame_processor.FrameProcessor`, as ros/node.py runs it) on rosbags
+    messages, plus /tf_static for T_cam_anchor; warnings are counted, each cause passed to `warn` once."""
 
     def __init__(self, settings, config, backbone, warn: Callable[[str, str], None] | None = None) -> None:
-        from .anchor_buffer import AnchorBuffer
-        from .pipeline import Pipeline
-        from .poses import PoseBuffer
+        from .frame_processor import FrameProcessor
 
+        self.core = FrameProcessor(settings, config, backbone)
         self.settings = settings
         self.config = config
-        self.pipeline = Pipeline(backbone, config)
-        self.anchor_buffer = AnchorBuffer(settings.anchor_max_age, max_future_s=settings.anchor_max_future)
-        self.pose_buffer = PoseBuffer(max_extrapolation_s=settings.odom_max_extrapolation)
         self.stats = RunStats()
         self._warn_sink = warn
-        self._camera_info = None
-        self._latest_image_stamp_s: float | None = None
-        self._last_processed_stamp_s: float | None = None
-        self._coast_since_s: float | None = None
         self._tf_static: dict[tuple[str, str], np.ndarray] = {}  # (parent, child) -> T_parent_child
         self.T_cam_anchor_source = "parameters (T_cam_anchor)"
 
@@ -200,61 +191,28 @@ class BagFrameProcessor:
         if first and self._warn_sink is not None:
             self._warn_sink(cause, message)
 
+    def _warn_all(self, warnings) -> None:
+        for cause, text in warnings:
+            self.warn(cause, text)
+
     # -------------------------------------------------------------- inputs
 
     def on_camera_info(self, msg) -> None:
-        from . import msg_codec
-
-        try:
-            intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
-            distorted = msg_codec.camera_info_msg_is_distorted(msg)
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_camera_info", f"camera_info refused: {exc}")
-            return
-        if distorted:
-            self.warn("distorted_camera_info", "camera_info has distortion; rectified images are assumed")
-        self._camera_info = intrinsics
+        self._warn_all(self.core.on_camera_info(msg))
 
     @property
     def has_camera_info(self) -> bool:
-        return self._camera_info is not None
+        return self.core.camera_info is not None
 
     def on_image_received(self, stamp_ns: int) -> None:
         self.stats.images_in += 1
-        self._latest_image_stamp_s = stamp_ns * 1e-9
+        self.core.on_image_stamp(stamp_ns * 1e-9)
 
     def on_anchors(self, msg, stamp_ns: int) -> None:
-        from . import msg_codec
-        from .anchor_buffer import InsertStatus
-
-        try:
-            decoded = msg_codec.pointcloud2_msg_decode(msg)
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_anchor_cloud", f"anchor cloud refused: {exc}")
-            return
-        if len(decoded.points) == 0:
-            status = InsertStatus.NO_FINITE_POINTS if decoded.n_nonfinite else InsertStatus.EMPTY
-        else:
-            status = self.anchor_buffer.insert(
-                stamp_ns * 1e-9, decoded.points, msg.header.frame_id, reference_stamp_s=self._latest_image_stamp_s
-            )
-        if status is not InsertStatus.OK:
-            self.warn(f"anchors_{status.value}", f"anchor cloud at {stamp_ns * 1e-9:.3f} s: {status.value}")
+        self._warn_all(self.core.on_anchors(msg, stamp_ns * 1e-9))
 
     def on_odom(self, msg, stamp_ns: int) -> None:
-        from . import msg_codec
-
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        try:
-            T = msg_codec.pose_to_transform((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_odom", f"odometry refused: {exc}")
-            return
-        if not np.all(np.isfinite(T)):
-            self.warn("bad_odom", "odometry refused: pose holds NaN or inf")
-            return
-        if not self.pose_buffer.insert(stamp_ns * 1e-9, T):
-            self.warn("odom_backwards", "odometry stamps went backwards: older poses dropped")
+        self._warn_all(self.core.on_odom(msg, stamp_ns * 1e-9))
 
     def on_tf_static(self, msg) -> None:
         self._tf_static.update(tf_message_transforms(msg))
@@ -280,98 +238,25 @@ class BagFrameProcessor:
 
     def process_image(self, msg, msgtype: str, stamp_ns: int, log_time_ns: int) -> FrameOutput | None:
         """One image through the node's steps; None (after a warning) where the node would skip it too."""
-        from . import msg_codec
-        from .anchor_buffer import anchors_for_image
         from .bagio import COMPRESSED_IMAGE
         from .depth_points import decimated_points
 
-        stamp = stamp_ns * 1e-9
-        try:
-            rgb = (
-                msg_codec.compressed_msg_to_rgb8(msg)
-                if msgtype == COMPRESSED_IMAGE
-                else msg_codec.image_msg_to_rgb8(msg)
-            )
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_image", f"image refused: {exc}")
+        step = self.core.process_image(msg, msgtype == COMPRESSED_IMAGE, stamp_ns * 1e-9, self.T_cam_anchor)
+        self._warn_all(step.warnings)
+        frame = step.frame
+        if frame is None:
             return None
-        h, w = rgb.shape[:2]
-        intrinsics = self._intrinsics_for(w, h)
-        if intrinsics is None:
-            return None
-        if (
-            self._last_processed_stamp_s is not None
-            and stamp < self._last_processed_stamp_s - IMAGE_BACKWARDS_TOLERANCE_S
-        ):
-            self.warn("image_stamp_backwards", f"image stamps went back to {stamp:.3f} s: filter and buffers reset")
-            self.pipeline.reset()
-            self.pose_buffer.clear()
-            self._coast_since_s = None
-        self._last_processed_stamp_s = stamp
-
-        sets = self.anchor_buffer.query(stamp)
-        camera_frame = msg.header.frame_id
-        T_cam_anchor = self.T_cam_anchor(camera_frame, sets[0].frame_id if sets else "")
-        found = anchors_for_image(
-            sets,
-            stamp,
-            intrinsics,
-            T_cam_anchor,
-            self.config.min_depth_m,
-            self.config.max_depth_m,
-            poses=self.pose_buffer,
-            T_body_cam=self.settings.T_body_cam,
-            anchors_in_world=self.settings.anchors_in_world,
-            motion_compensation=self.settings.motion_compensation,
-        )
-        for cause, text in found.problems:
-            self.warn(cause, text)
-        result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp)
-        std_m = result.std_m
-        if self._coast_exceeded(result.coasting, stamp):
-            std_m = np.maximum(std_m, result.depth_m)  # as the node: at least 100 % relative uncertainty
-        if not (np.all(np.isfinite(result.depth_m)) and np.all(np.isfinite(std_m))):
-            self.warn("non_finite_output", f"pipeline produced NaN/inf depth at {stamp:.3f} s; frame not written")
-            return None
-        points, colours = decimated_points(result.depth_m, rgb, intrinsics, self.settings.point_decimation)
+        result = frame.result
+        points, colours = decimated_points(result.depth_m, frame.rgb, frame.intrinsics, self.settings.point_decimation)
         s = self.stats
         s.frames += 1
-        s.anchor_sets.append(found.n_sets)
+        s.anchor_sets.append(frame.found.n_sets)
         s.anchors_used.append(int(result.fit.n_anchors))
         s.pipeline_ms.append(float(result.timings_ms.total))
         return FrameOutput(
-            stamp_ns, log_time_ns, camera_frame, rgb, intrinsics, result.depth_m, std_m, result.scale_field,
-            points, colours, found.anchors, found.n_sets, result,
+            stamp_ns, log_time_ns, msg.header.frame_id, frame.rgb, frame.intrinsics, result.depth_m, result.std_m,
+            result.scale_field, points, colours, frame.found.anchors, frame.found.n_sets, result,
         )  # fmt: skip
-
-    def _intrinsics_for(self, w: int, h: int):
-        intrinsics = self._camera_info
-        if intrinsics is None:
-            self.warn("no_camera_info", "no camera_info before this image; image skipped")
-            return None
-        if (intrinsics.width, intrinsics.height) == (w, h):
-            return intrinsics
-        aspect = intrinsics.width / intrinsics.height
-        if abs(w / h - aspect) > ASPECT_TOLERANCE * aspect:
-            self.warn(
-                "camera_info_size",
-                f"camera_info is {intrinsics.width}x{intrinsics.height}, the image {w}x{h} with another aspect "
-                "ratio; image skipped",
-            )
-            return None
-        self.warn("camera_info_scaled", f"camera_info {intrinsics.width}x{intrinsics.height} scaled to {w}x{h}")
-        return intrinsics.scaled_to(w, h)
-
-    def _coast_exceeded(self, coasting: bool, stamp: float) -> bool:
-        if not coasting:
-            self._coast_since_s = None
-            return False
-        if self._coast_since_s is None:
-            self._coast_since_s = stamp
-        if stamp - self._coast_since_s > self.config.filter.max_coast_s:
-            self.warn("coasting", f"no usable anchors for more than {self.config.filter.max_coast_s} s")
-            return True
-        return False
 
 
 # --------------------------------------------------------------------------- bag mode

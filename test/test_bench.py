@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 import pytest
@@ -38,12 +39,21 @@ def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
             "240",
             "--repeats",
             "2",
+            "--device",
+            "cpu",
+            "--node",
         ]
         + ["--json", str(out)]
     )
     assert bench.run(args) == 0
     report = json.loads(out.read_text())
-    assert {"backbone", "backbone_native", "scale_field", "scale_field_solve"} <= set(report["stages_ms"])
+    assert {"backbone", "backbone_native", "scale_field", "scale_field_solve", "scale_field_torch"} <= set(
+        report["stages_ms"]
+    )
+    if importlib.util.find_spec("rclpy") is not None:
+        # the node over DDS: end to end includes the backbone, so the non-backbone share is a proper fraction
+        assert "node_end_to_end" in report["stages_ms"]
+        assert 0.0 < report["node_non_backbone_share"] < 1.0
     for stats in report["stages_ms"].values():
         assert stats["repeats"] == 2 and 0 < stats["median"] <= stats["p95"]
     assert report["runtime"] == "onnxruntime" and report["threads"] == 1
@@ -77,3 +87,14 @@ def test_stage_split_for_graph_backbones(nyu):
     assert set(stages) == {"backbone_preprocess", "backbone_network", "backbone_postprocess"}
     assert all(s.repeats == 2 and s.min > 0 for s in stages.values())
     assert bench.bench_backbone_split(bench.BenchContext(object(), ctx.rgb, None, 2)) == {}
+
+
+def test_node_stage_is_optional_and_skips_without_rclpy(monkeypatch, capsys):
+    """Without --node nothing runs; with --node and no rclpy the stage is skipped with its reason."""
+    ctx = bench.BenchContext(backbone=object(), rgb=None, frame=None, repeats=1, node=False)
+    assert bench.bench_node_end_to_end(ctx) == {}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rclpy" else real_find_spec(name))
+    ctx = bench.BenchContext(backbone=object(), rgb=None, frame=None, repeats=1, node=True)
+    assert bench.bench_node_end_to_end(ctx) == {} and ctx.info == {}
+    assert "rclpy" in capsys.readouterr().err

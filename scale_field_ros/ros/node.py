@@ -26,11 +26,9 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from .. import msg_codec
-from ..anchor_buffer import AnchorBuffer, InsertStatus, anchors_for_image
-from ..camera import Intrinsics
+from ..depth_points import decimated_points
+from ..frame_processor import CameraInfoState, FrameProcessor, ProcessedFrame, Warning
 from ..pipeline import Pipeline, PipelineConfig
-from ..poses import PoseBuffer
 from . import conversions as conv
 from .params import NodeSettings, apply_changes, declare_parameters, settings_from_values
 
@@ -48,9 +46,6 @@ TOPIC_POINTS = "metric_depth/points"
 TOPIC_CONFIDENCE = "metric_depth/confidence"
 TOPIC_SCALE_FIELD = "scale_field"
 TOPIC_DIAGNOSTICS = "/diagnostics"
-
-IMAGE_BACKWARDS_TOLERANCE_S = 0.5
-ASPECT_TOLERANCE = 0.01  # relative: camera_info of another size is scaled only when the aspect ratio matches
 
 
 class WarnThrottle:
@@ -142,18 +137,12 @@ class ScaleFieldNode(Node):
                 settings.backbone, settings.model_path, settings.runtime, settings.threads, settings.device
             )
         self.backbone = backbone
-        self.pipeline = Pipeline(backbone, config)
-        self.config = config
+        self.processor = FrameProcessor(settings, config, backbone)  # buffers, camera_info, the Pipeline
         self._pending_config: PipelineConfig | None = None
         self._config_lock = threading.Lock()
 
-        self.anchor_buffer = AnchorBuffer(settings.anchor_max_age, max_future_s=settings.anchor_max_future)
-        self.pose_buffer = PoseBuffer(max_extrapolation_s=settings.odom_max_extrapolation)
-        self._camera_info: tuple[Intrinsics, bool] | None = None  # (intrinsics, distorted)
         self._slot: _PendingImage | None = None
         self._slot_lock = threading.Lock()
-        self._latest_image_stamp_s: float | None = None  # reference for far-future anchors
-        self._last_processed_stamp_s: float | None = None
         self.stats = FrameStats()
         self.rates = {k: RateCounter() for k in ("image_in", "anchors_in", "odom_in", "depth_out")}
 
@@ -192,6 +181,32 @@ class ScaleFieldNode(Node):
             f" frame, filter {'on' if config.filter.enabled else 'off'}"
         )
 
+    # ---------------------------------------------------------------- the processor's state, for callers
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.processor.pipeline
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.processor.config
+
+    @property
+    def anchor_buffer(self):
+        return self.processor.anchor_buffer
+
+    @property
+    def pose_buffer(self):
+        return self.processor.pose_buffer
+
+    @property
+    def _camera_info(self) -> CameraInfoState | None:
+        return self.processor.camera_info
+
+    def _warn_all(self, warnings: list[Warning] | tuple[Warning, ...]) -> None:
+        for cause, text in warnings:
+            self.warn(cause, text)
+
     # ---------------------------------------------------------------- parameters
 
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -202,9 +217,7 @@ class ScaleFieldNode(Node):
         self._values = values
         self.settings = settings
         self.warn.period_s = settings.warn_period
-        self.anchor_buffer.max_age_s = settings.anchor_max_age
-        self.anchor_buffer.max_future_s = settings.anchor_max_future
-        self.pose_buffer.max_extrapolation_s = settings.odom_max_extrapolation
+        self.processor.update_settings(settings)
         if config != self.config:
             with self._config_lock:
                 self._pending_config = config  # swapped in by the inference thread between frames
@@ -215,7 +228,7 @@ class ScaleFieldNode(Node):
     def _on_image(self, msg) -> None:
         received = time.perf_counter_ns()
         self.rates["image_in"].tick()
-        self._latest_image_stamp_s = conv.stamp_to_s(msg.header.stamp)
+        self.processor.on_image_stamp(conv.stamp_to_s(msg.header.stamp))
         with self._slot_lock:
             if self._slot is not None:
                 self.stats.frames_dropped += 1  # replaced before it was processed: queue of one
@@ -223,56 +236,15 @@ class ScaleFieldNode(Node):
         self._wake.trigger()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
-            distorted = msg_codec.camera_info_msg_is_distorted(msg)
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_camera_info", f"camera_info refused: {exc}")
-            return
-        if distorted:
-            self.warn("distorted_camera_info", "camera_info has distortion; the node assumes rectified images")
-        self._camera_info = (intrinsics, distorted)
+        self._warn_all(self.processor.on_camera_info(msg))
 
     def _on_anchors(self, msg: PointCloud2) -> None:
         self.rates["anchors_in"].tick()
-        try:
-            decoded = msg_codec.pointcloud2_msg_decode(msg)
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_anchor_cloud", f"anchor cloud refused: {exc}")
-            return
-        stamp = conv.stamp_to_s(msg.header.stamp)
-        n_total = len(decoded.points) + decoded.n_nonfinite
-        if len(decoded.points) == 0:  # the codec already dropped non-finite points: say which case it was
-            status = InsertStatus.NO_FINITE_POINTS if decoded.n_nonfinite else InsertStatus.EMPTY
-        else:
-            status = self.anchor_buffer.insert(
-                stamp, decoded.points, msg.header.frame_id, reference_stamp_s=self._latest_image_stamp_s
-            )
-        if status is InsertStatus.OK:
-            return
-        text = {
-            InsertStatus.EMPTY: "anchor cloud is empty",
-            InsertStatus.NO_FINITE_POINTS: f"anchor cloud has no finite points (all {n_total} are NaN/inf)",
-            InsertStatus.INVALID_STAMP: "anchor cloud stamp is not finite",
-            InsertStatus.FAR_FUTURE: f"anchor cloud stamped {stamp:.3f} s is more than "
-            f"{self.anchor_buffer.max_future_s} s after the latest image ({self._latest_image_stamp_s}); refused",
-            InsertStatus.STAMP_BACKWARDS: f"anchor stamps went backwards (to {stamp:.3f} s): older anchors dropped",
-        }[status]
-        self.warn(f"anchors_{status.value}", text)
+        self._warn_all(self.processor.on_anchors(msg, conv.stamp_to_s(msg.header.stamp)))
 
     def _on_odom(self, msg: Odometry) -> None:
         self.rates["odom_in"].tick()
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        try:
-            T = msg_codec.pose_to_transform((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_odom", f"odometry refused: {exc}")
-            return
-        if not np.all(np.isfinite(T)):
-            self.warn("bad_odom", "odometry refused: pose holds NaN or inf")
-            return
-        if not self.pose_buffer.insert(conv.stamp_to_s(msg.header.stamp), T):
-            self.warn("odom_backwards", "odometry stamps went backwards: older poses dropped")
+        self._warn_all(self.processor.on_odom(msg, conv.stamp_to_s(msg.header.stamp)))
 
     # ---------------------------------------------------------------- inference
 
@@ -295,75 +267,23 @@ class ScaleFieldNode(Node):
         with self._config_lock:
             config, self._pending_config = self._pending_config, None
         if config is not None:
-            self.pipeline = Pipeline(self.backbone, config)
-            self.config = config
+            self.processor.set_config(config)
 
     def _process(self, pending: _PendingImage) -> None:
         self._swap_config()
         settings = self.settings
         msg = pending.msg
         t0 = time.perf_counter_ns()
-        stamp = conv.stamp_to_s(msg.header.stamp)
-        try:
-            if isinstance(msg, CompressedImage):
-                rgb = msg_codec.compressed_msg_to_rgb8(msg)
-            else:
-                rgb = msg_codec.image_msg_to_rgb8(msg)
-        except (msg_codec.MessageError, ValueError) as exc:
-            self.warn("bad_image", f"image refused: {exc}")
-            return
-        h, w = rgb.shape[:2]
-        intrinsics = self._intrinsics_for(w, h)
-        if intrinsics is None:
-            return
-        if (
-            self._last_processed_stamp_s is not None
-            and stamp < self._last_processed_stamp_s - IMAGE_BACKWARDS_TOLERANCE_S
-        ):
-            self.warn(
-                "image_stamp_backwards",
-                f"image stamps went back from {self._last_processed_stamp_s:.3f} to "
-                f"{stamp:.3f} s (bag looped?): temporal filter and buffers reset",
-            )
-            self.pipeline.reset()
-            self.pose_buffer.clear()
-        self._last_processed_stamp_s = stamp
-        t1 = time.perf_counter_ns()
-
-        found = anchors_for_image(
-            self.anchor_buffer.query(stamp),
-            stamp,
-            intrinsics,
-            settings.T_cam_anchor,
-            self.config.min_depth_m,
-            self.config.max_depth_m,
-            poses=self.pose_buffer,
-            T_body_cam=settings.T_body_cam,
-            anchors_in_world=settings.anchors_in_world,
-            motion_compensation=settings.motion_compensation,
-        )
-        for cause, text in found.problems:
-            self.warn(cause, text)
-        t2 = time.perf_counter_ns()
-
-        result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp)
-        t3 = time.perf_counter_ns()
-
-        # past filter.max_coast_s the pipeline's confidence is already at least the depth itself
-        if result.coast_exceeded:
-            self.warn(
-                "coasting",
-                f"no usable anchors for {result.coast_s:.1f} s (limit {self.config.filter.max_coast_s} s): "
-                "confidence marked low",
-            )
-        if result.filter_reset:
-            self.warn("filter_reset", f"temporal filter reset: {result.filter_reset}")
-        std_m = result.std_m
-        if not (np.all(np.isfinite(result.depth_m)) and np.all(np.isfinite(std_m))):
-            self.warn("non_finite_output", "pipeline produced NaN/inf depth; frame not published")
+        step = self.processor.process_image(msg, isinstance(msg, CompressedImage), conv.stamp_to_s(msg.header.stamp))
+        self._warn_all(step.warnings)
+        if step.failed:
             self.stats.frames_failed += 1
+        frame = step.frame
+        if frame is None:
             return
-        self._publish(msg.header, rgb, intrinsics, result.depth_m, std_m, result.scale_field, settings)
+        t3 = time.perf_counter_ns()
+        result = frame.result
+        self._publish(msg.header, frame, settings)
         t4 = time.perf_counter_ns()
 
         ms = 1e-6
@@ -371,15 +291,15 @@ class ScaleFieldNode(Node):
         s.latency_ms.append((t4 - pending.received_ns) * ms)
         s.stages_ms = {
             "queue": (t0 - pending.received_ns) * ms,
-            "decode": (t1 - t0) * ms,
-            "anchors": (t2 - t1) * ms,
+            "decode": step.timings.decode,
+            "anchors": step.timings.anchors,
             **{f"pipeline.{k}": float(v) for k, v in _timings_dict(result.timings_ms).items()},
-            "pipeline_wall": (t3 - t2) * ms,
+            "pipeline_wall": step.timings.pipeline,
             "publish": (t4 - t3) * ms,
         }
-        s.history.append((stamp, s.latency_ms[-1], s.stages_ms))
+        s.history.append((frame.stamp_s, s.latency_ms[-1], s.stages_ms))
         s.n_anchors = int(result.fit.n_anchors)
-        s.n_anchor_sets = found.n_sets
+        s.n_anchor_sets = frame.found.n_sets
         s.fit_level = getattr(result.fit.level, "value", str(result.fit.level))
         s.rms_residual = float(result.fit.rms_residual)
         s.fallback_reason = result.fit.fallback_reason
@@ -393,37 +313,15 @@ class ScaleFieldNode(Node):
         s.frames_processed += 1
         self.rates["depth_out"].tick()
 
-    def _intrinsics_for(self, w: int, h: int) -> Intrinsics | None:
-        """Latest camera_info at the image's size; None (after a warning) when there is none or it cannot fit."""
-        info = self._camera_info
-        if info is None:
-            self.warn("no_camera_info", "no camera_info received yet; image skipped")
-            return None
-        intrinsics = info[0]
-        if (intrinsics.width, intrinsics.height) == (w, h):
-            return intrinsics
-        aspect_info = intrinsics.width / intrinsics.height
-        if abs(w / h - aspect_info) > ASPECT_TOLERANCE * aspect_info:
-            self.warn(
-                "camera_info_size",
-                f"camera_info is {intrinsics.width}x{intrinsics.height} but the image is "
-                f"{w}x{h} with another aspect ratio; image skipped",
-            )
-            return None
-        self.warn(
-            "camera_info_scaled",
-            f"camera_info is {intrinsics.width}x{intrinsics.height}, the image {w}x{h}: intrinsics scaled to the image",
-        )
-        return intrinsics.scaled_to(w, h)
-
-    def _publish(self, header, rgb, intrinsics, depth_m, std_m, scale_field, settings: NodeSettings) -> None:
+    def _publish(self, header, frame: ProcessedFrame, settings: NodeSettings) -> None:
         out_header = conv.header_from(header)
-        self.pub_depth.publish(conv.float_image_msg(depth_m, out_header))
-        self.pub_info.publish(conv.camera_info_msg(intrinsics, out_header))
-        self.pub_confidence.publish(conv.float_image_msg(std_m, out_header))
-        self.pub_scale.publish(conv.float_image_msg(scale_field, out_header))
+        result = frame.result
+        self.pub_depth.publish(conv.float_image_msg(result.depth_m, out_header))
+        self.pub_info.publish(conv.camera_info_msg(frame.intrinsics, out_header))
+        self.pub_confidence.publish(conv.float_image_msg(result.std_m, out_header))
+        self.pub_scale.publish(conv.float_image_msg(result.scale_field, out_header))
         if self.pub_points.get_subscription_count() > 0:
-            points, colours = decimated_points(depth_m, rgb, intrinsics, settings.point_decimation)
+            points, colours = decimated_points(result.depth_m, frame.rgb, frame.intrinsics, settings.point_decimation)
             self.pub_points.publish(conv.xyzrgb_cloud_msg(points, colours, out_header))
 
     # ---------------------------------------------------------------- diagnostics
@@ -486,22 +384,6 @@ def _timings_dict(timings) -> dict[str, float]:
     if hasattr(timings, "__dataclass_fields__"):
         return {k: getattr(timings, k) for k in timings.__dataclass_fields__}
     return dict(timings)
-
-
-def decimated_points(
-    depth_m: np.ndarray, rgb: np.ndarray, intrinsics: Intrinsics, step: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every `step`-th pixel of the depth unprojected (Nx3 float32 metres) with its colour (Nx3 uint8).
-
-    Pixel (step*i, step*j) of the full image is pixel (i, j) of a camera with fx/step, cx/step, ...,
-    so the one unprojection in `Intrinsics` serves the decimated grid.
-    """
-    sub = depth_m[::step, ::step]
-    k = intrinsics
-    grid = Intrinsics(k.fx / step, k.fy / step, k.cx / step, k.cy / step, sub.shape[1], sub.shape[0])
-    points = grid.unproject(np.ascontiguousarray(sub)).reshape(-1, 3)
-    colours = rgb[::step, ::step].reshape(-1, 3)
-    return points, colours
 
 
 def main(args: list[str] | None = None) -> int:

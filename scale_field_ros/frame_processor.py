@@ -1,0 +1,263 @@
+"""The per-message work of `scale_field_node`, without ROS: buffer anchors, odometry and camera_info, then turn
+one image into metric depth through the one `Pipeline`.
+
+Both shells run exactly this: the ROS node (`ros/node.py`, on rclpy messages) and the offline bag runner
+(`run_offline.py`, on rosbags messages). Messages are duck-typed through `msg_codec`; stamps are seconds.
+Nothing here logs: every method returns the warnings it raised as (cause, text) pairs, and each shell
+reports them its own way (the node throttles per cause, the runner counts them).
+
+Thread use (the node): the `on_*` inputs run on subscription threads while `process_image` runs on the
+inference thread; they share only the buffers (which lock) and single-reference swaps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import msg_codec
+from .anchor_buffer import AnchorBuffer, ImageAnchors, InsertStatus, anchors_for_image
+from .camera import Intrinsics
+from .pipeline import Pipeline, PipelineConfig, PipelineResult
+from .poses import PoseBuffer
+
+IMAGE_BACKWARDS_TOLERANCE_S = 0.5  # an image stamp this far back means the bag looped: filter and buffers reset
+ASPECT_TOLERANCE = 0.01  # relative: camera_info of another size is scaled only when the aspect ratio matches
+
+Warning = tuple[str, str]  # (cause, text); cause is a stable key for counting and throttling
+
+
+class CameraInfoState(NamedTuple):
+    """The latest accepted camera_info."""
+
+    intrinsics: Intrinsics
+    distorted: bool
+
+
+@dataclass(frozen=True)
+class ProcessedFrame:
+    """One image through the pipeline: what the shells publish or write."""
+
+    stamp_s: float
+    rgb: np.ndarray  # HxWx3 uint8, decoded
+    intrinsics: Intrinsics  # at the image's size
+    found: ImageAnchors  # anchors assembled for the image (before the pipeline's sanitising), sets, problems
+    result: PipelineResult  # depth_m, std_m (raised past max_coast_s by the pipeline), scale_field, fit, ...
+
+
+@dataclass(frozen=True)
+class FrameTimings:
+    """Wall time of the processor's steps for one image, milliseconds."""
+
+    decode: float = 0.0  # decode, camera_info match, stamp checks
+    anchors: float = 0.0  # anchor assembly
+    pipeline: float = 0.0  # `Pipeline.process`
+
+
+@dataclass(frozen=True)
+class FrameStep:
+    """What `process_image` did: `frame` is None when the image was skipped (see `warnings`); `failed` when the
+    pipeline ran but produced an unusable (non-finite) output."""
+
+    frame: ProcessedFrame | None
+    warnings: tuple[Warning, ...]
+    timings: FrameTimings
+    failed: bool = False
+
+
+TCamAnchorFn = Callable[[str, str], np.ndarray]  # (camera frame, anchor frame) -> T_cam_anchor 4x4
+
+
+class FrameProcessor:
+    """Buffers inputs and processes images exactly as the node does (see module docstring).
+
+    `settings` is a `ros.params.NodeSettings` (plain dataclass, no ROS import), `config` the `PipelineConfig`.
+    """
+
+    def __init__(self, settings: Any, config: PipelineConfig, backbone: Any) -> None:
+        self.settings = settings
+        self.config = config
+        self.backbone = backbone
+        self.pipeline = Pipeline(backbone, config)
+        self.anchor_buffer = AnchorBuffer(settings.anchor_max_age, max_future_s=settings.anchor_max_future)
+        self.pose_buffer = PoseBuffer(max_extrapolation_s=settings.odom_max_extrapolation)
+        self.camera_info: CameraInfoState | None = None
+        self.latest_image_stamp_s: float | None = None  # reference for far-future anchors
+        self.last_processed_stamp_s: float | None = None
+
+    # -------------------------------------------------------------- settings
+
+    def update_settings(self, settings: Any) -> None:
+        """New node settings: buffer limits follow at once."""
+        self.settings = settings
+        self.anchor_buffer.max_age_s = settings.anchor_max_age
+        self.anchor_buffer.max_future_s = settings.anchor_max_future
+        self.pose_buffer.max_extrapolation_s = settings.odom_max_extrapolation
+
+    def set_config(self, config: PipelineConfig) -> None:
+        """A new pipeline configuration (a fresh Pipeline: filter state starts over). Call between frames."""
+        self.pipeline = Pipeline(self.backbone, config)
+        self.config = config
+
+    # -------------------------------------------------------------- inputs (cheap: decode and buffer)
+
+    def on_camera_info(self, msg) -> list[Warning]:
+        try:
+            intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
+            distorted = msg_codec.camera_info_msg_is_distorted(msg)
+        except (msg_codec.MessageError, ValueError) as exc:
+            return [("bad_camera_info", f"camera_info refused: {exc}")]
+        self.camera_info = CameraInfoState(intrinsics, distorted)
+        if distorted:
+            return [("distorted_camera_info", "camera_info has distortion; rectified images are assumed")]
+        return []
+
+    def on_image_stamp(self, stamp_s: float) -> None:
+        """An image arrived (before it is processed): its stamp bounds how far ahead anchors may be."""
+        self.latest_image_stamp_s = stamp_s
+
+    def on_anchors(self, msg, stamp_s: float) -> list[Warning]:
+        try:
+            decoded = msg_codec.pointcloud2_msg_decode(msg)
+        except (msg_codec.MessageError, ValueError) as exc:
+            return [("bad_anchor_cloud", f"anchor cloud refused: {exc}")]
+        n_total = len(decoded.points) + decoded.n_nonfinite
+        if len(decoded.points) == 0:  # the codec already dropped non-finite points: say which case it was
+            status = InsertStatus.NO_FINITE_POINTS if decoded.n_nonfinite else InsertStatus.EMPTY
+        else:
+            status = self.anchor_buffer.insert(
+                stamp_s, decoded.points, msg.header.frame_id, reference_stamp_s=self.latest_image_stamp_s
+            )
+        if status is InsertStatus.OK:
+            return []
+        text = {
+            InsertStatus.EMPTY: "anchor cloud is empty",
+            InsertStatus.NO_FINITE_POINTS: f"anchor cloud has no finite points (all {n_total} are NaN/inf)",
+            InsertStatus.INVALID_STAMP: "anchor cloud stamp is not finite",
+            InsertStatus.FAR_FUTURE: f"anchor cloud stamped {stamp_s:.3f} s is more than "
+            f"{self.anchor_buffer.max_future_s} s after the latest image ({self.latest_image_stamp_s}); refused",
+            InsertStatus.STAMP_BACKWARDS: f"anchor stamps went backwards (to {stamp_s:.3f} s): older anchors dropped",
+        }[status]
+        return [(f"anchors_{status.value}", text)]
+
+    def on_odom(self, msg, stamp_s: float) -> list[Warning]:
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        try:
+            T_world_body = msg_codec.pose_to_transform((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+        except (msg_codec.MessageError, ValueError) as exc:
+            return [("bad_odom", f"odometry refused: {exc}")]
+        if not np.all(np.isfinite(T_world_body)):
+            return [("bad_odom", "odometry refused: pose holds NaN or inf")]
+        if not self.pose_buffer.insert(stamp_s, T_world_body):
+            return [("odom_backwards", "odometry stamps went backwards: older poses dropped")]
+        return []
+
+    # -------------------------------------------------------------- one image
+
+    def process_image(
+        self, msg, compressed: bool, stamp_s: float, T_cam_anchor: TCamAnchorFn | None = None
+    ) -> FrameStep:
+        """Decode `msg` (sensor_msgs Image, or CompressedImage with `compressed`), assemble its anchors and run
+        the pipeline. `T_cam_anchor` resolves the anchor frame (default: the `T_cam_anchor` setting)."""
+        warnings: list[Warning] = []
+        settings, config = self.settings, self.config
+        t0 = time.perf_counter_ns()
+
+        def step(frame=None, failed=False, marks: tuple[int, ...] = ()) -> FrameStep:
+            # marks: the ends of decode, anchors, pipeline reached so far; the rest end now
+            ends = (*marks, *(time.perf_counter_ns(),) * (3 - len(marks)))
+            ms = [(b - a) * 1e-6 for a, b in zip((t0, *ends[:2]), ends, strict=True)]
+            return FrameStep(frame, tuple(warnings), FrameTimings(*ms), failed)
+
+        try:
+            rgb = msg_codec.compressed_msg_to_rgb8(msg) if compressed else msg_codec.image_msg_to_rgb8(msg)
+        except (msg_codec.MessageError, ValueError) as exc:
+            warnings.append(("bad_image", f"image refused: {exc}"))
+            return step()
+        h, w = rgb.shape[:2]
+        intrinsics = self._intrinsics_for(w, h, warnings)
+        if intrinsics is None:
+            return step()
+        last = self.last_processed_stamp_s
+        if last is not None and stamp_s < last - IMAGE_BACKWARDS_TOLERANCE_S:
+            warnings.append(
+                (
+                    "image_stamp_backwards",
+                    f"image stamps went back from {last:.3f} to {stamp_s:.3f} s (bag looped?): "
+                    "temporal filter and buffers reset",
+                )
+            )
+            self.pipeline.reset()
+            self.pose_buffer.clear()
+        self.last_processed_stamp_s = stamp_s
+        t1 = time.perf_counter_ns()
+
+        sets = self.anchor_buffer.query(stamp_s)
+        if T_cam_anchor is None:
+            T = settings.T_cam_anchor
+        else:
+            T = T_cam_anchor(msg.header.frame_id, sets[0].frame_id if sets else "")
+        found = anchors_for_image(
+            sets,
+            stamp_s,
+            intrinsics,
+            T,
+            config.min_depth_m,
+            config.max_depth_m,
+            poses=self.pose_buffer,
+            T_body_cam=settings.T_body_cam,
+            anchors_in_world=settings.anchors_in_world,
+            motion_compensation=settings.motion_compensation,
+        )
+        warnings.extend(found.problems)
+        t2 = time.perf_counter_ns()
+
+        result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp_s)
+        t3 = time.perf_counter_ns()
+        # past filter.max_coast_s the pipeline's confidence is already at least the depth itself
+        if result.coast_exceeded:
+            warnings.append(
+                (
+                    "coasting",
+                    f"no usable anchors for {result.coast_s:.1f} s (limit {config.filter.max_coast_s} s): "
+                    "confidence marked low",
+                )
+            )
+        if result.filter_reset:
+            warnings.append(("filter_reset", f"temporal filter reset: {result.filter_reset}"))
+        if not (np.all(np.isfinite(result.depth_m)) and np.all(np.isfinite(result.std_m))):
+            warnings.append(("non_finite_output", f"pipeline produced NaN/inf depth at {stamp_s:.3f} s; frame dropped"))
+            return step(failed=True, marks=(t1, t2, t3))
+        return step(ProcessedFrame(stamp_s, rgb, intrinsics, found, result), marks=(t1, t2, t3))
+
+    def _intrinsics_for(self, w: int, h: int, warnings: list[Warning]) -> Intrinsics | None:
+        """Latest camera_info at the image's size; None (after a warning) when there is none or it cannot fit."""
+        info = self.camera_info
+        if info is None:
+            warnings.append(("no_camera_info", "no camera_info received yet; image skipped"))
+            return None
+        intrinsics = info.intrinsics
+        if (intrinsics.width, intrinsics.height) == (w, h):
+            return intrinsics
+        aspect_info = intrinsics.width / intrinsics.height
+        if abs(w / h - aspect_info) > ASPECT_TOLERANCE * aspect_info:
+            warnings.append(
+                (
+                    "camera_info_size",
+                    f"camera_info is {intrinsics.width}x{intrinsics.height} but the image is "
+                    f"{w}x{h} with another aspect ratio; image skipped",
+                )
+            )
+            return None
+        warnings.append(
+            (
+                "camera_info_scaled",
+                f"camera_info is {intrinsics.width}x{intrinsics.height}, the image {w}x{h}: "
+                "intrinsics scaled to the image",
+            )
+        )
+        return intrinsics.scaled_to(w, h)
