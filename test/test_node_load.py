@@ -65,6 +65,10 @@ def test_overload_keeps_newest_and_stays_flat(sun3d):
         last = published[-1]
         h.output(last, timeout_s=10.0)  # the final image is processed: nothing newer replaced it
         stats = h.node.stats
+        # the node records a frame's stats just after publishing it: wait for that record
+        deadline = time.perf_counter() + 5.0
+        while (not stats.history or stats.history[-1][0] != pytest.approx(last)) and time.perf_counter() < deadline:
+            time.sleep(0.01)
         processed = [s for s, _, _ in stats.history]
         latencies = np.array([lat for _, lat, _ in stats.history])
     finally:
