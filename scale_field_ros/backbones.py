@@ -170,12 +170,12 @@ class _OrtRunner:
 
         if device != "cpu":
             raise ValueError(f"the onnxruntime FastDepth runtime runs on cpu only, not {device!r}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        from .onnxruntime_runtime import session_options
+
         try:
-            self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:
             raise ModelFileError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
         self.onnx_path = onnx_path

@@ -180,8 +180,9 @@ STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [
     bench_backbone,
     bench_backbone_split,
     bench_scale_field,
-    bench_scale_field_torch,
     bench_node_end_to_end,
+    # torch last: its CPU thread pool keeps spinning after a run and slowed the node's frames 5x when it ran first
+    bench_scale_field_torch,
 ]
 
 

@@ -31,6 +31,21 @@ def read_graph_meta(onnx_path: str | Path) -> GraphMeta:
     return GraphMeta.from_json(props[META_KEY])
 
 
+def session_options(threads: int = 0):
+    """ONNX Runtime session options for our backbones: `threads` intra-op threads (0: its default) and all graph
+    optimisations. Spin-waiting stays on (ORT's default): with it off, or with 1 thread, the node's
+    end-to-end latency rose from about 25 ms to 100-280 ms median on 2 cores (`scale-field bench --node`); the
+    cause (stalls in publishing) is not yet understood."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class OnnxRuntimeRunner:
     """`GraphRunner` over an ONNX Runtime session; `providers` None picks CUDA when available."""
 
@@ -42,10 +57,7 @@ class OnnxRuntimeRunner:
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options(threads), providers=providers)
         used = self.session.get_providers()
         on_cuda = bool(used) and used[0] == "CUDAExecutionProvider"
         self.name = "onnxruntime-cuda" if on_cuda else "onnxruntime-cpu"

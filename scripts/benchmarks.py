@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 RUNS = (  # (label, extra bench arguments)
+    ("onnxruntime, default threads", ["--runtime", "onnxruntime", "--node"]),
     ("onnxruntime, 1 thread", ["--runtime", "onnxruntime", "--threads", "1"]),
-    ("onnxruntime, 2 threads", ["--runtime", "onnxruntime", "--threads", "2"]),
-    ("torch, 2 threads", ["--runtime", "torch", "--threads", "2"]),
+    ("torch, default threads", ["--runtime", "torch"]),
 )
 
 
