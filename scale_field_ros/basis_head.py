@@ -15,7 +15,6 @@ directly instead of running the head.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import nn
 from .anchors import Anchors
 from .backbone import BackboneOutput
 from .bases import BasisConfig, BasisSet, relative_inverse_depth, working_shape
+from .hashing import file_sha256
 
 CHECKPOINT_FORMAT = 1
 BASES_OUTPUT = "learned_bases"  # graph output name of the head's maps
@@ -180,10 +180,11 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[Basi
     return head.eval(), dict(state.get("training", {}))
 
 
-def file_sha256(path: str | Path | None) -> str:
+def model_sha256(path: str | Path | None) -> str:
+    """The backbone model file's hash for a checkpoint's record; "" when the backbone has no file."""
     if path is None or not Path(path).is_file():
         return ""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 # ------------------------------------------------------------------------------------------ provider

@@ -326,7 +326,8 @@ View the MCAP in Foxglove Studio: Open local file -> Image panel on /metric_dept
 def run(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
     from .datasets import shared_root
-    from .run_offline import atomic_dir, params_file_values
+    from .ros.params import params_file_values
+    from .run_offline import atomic_dir
 
     t0 = time.perf_counter()
     params = Path(args.params) if args.params else _default_params()

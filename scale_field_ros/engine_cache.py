@@ -80,14 +80,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "model"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path:
     """$SCALE_FIELD_CACHE, else $XDG_CACHE_HOME/scale_field_ros, else ~/.cache/scale_field_ros."""
     env = os.environ.get("SCALE_FIELD_CACHE")

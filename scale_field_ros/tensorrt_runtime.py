@@ -26,12 +26,12 @@ from scale_field_ros.engine_cache import (
     EngineKey,
     default_cache_dir,
     engine_path,
-    file_sha256,
     read_engine,
     timing_cache_path,
     write_engine,
 )
 from scale_field_ros.graph_backbone import INPUT_NAME, GraphMeta
+from scale_field_ros.hashing import file_sha256
 
 if TYPE_CHECKING:
     import torch

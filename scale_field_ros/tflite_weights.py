@@ -10,7 +10,6 @@ Anything that does not fit raises `ModelFileError` naming the file and what was 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import ModelFileError
+from .hashing import file_sha256
 
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier, bytes 4..8
 # Operator histogram of the published FastDepth 224x224 graph.
@@ -42,14 +42,6 @@ class FastDepthWeights:
     input_zero_point: int
     output_scale: float  # metres per uint8 step of the int8 graph's output
     sha256: str  # of the model file
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_model_bytes(path: str | Path) -> bytes:

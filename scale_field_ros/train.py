@@ -256,7 +256,7 @@ def train(
     from tqdm import tqdm
 
     from .bases import BasisConfig
-    from .basis_head import BasisHead, HeadSpec, file_sha256, n_parameters, save_checkpoint
+    from .basis_head import BasisHead, HeadSpec, model_sha256, n_parameters, save_checkpoint
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -272,7 +272,7 @@ def train(
         channels=channels,
         k=cfg.k,
         hidden=cfg.hidden,
-        backbone_model_sha256=file_sha256(getattr(backbone, "model_path", None)),
+        backbone_model_sha256=model_sha256(getattr(backbone, "model_path", None)),
     )
     head = BasisHead(spec)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -10,11 +10,11 @@ from scale_field_ros.build_engine import engine_input_shape
 from scale_field_ros.engine_cache import (
     EngineKey,
     engine_path,
-    file_sha256,
     read_engine,
     timing_cache_path,
     write_engine,
 )
+from scale_field_ros.hashing import file_sha256
 
 KEY = EngineKey(
     onnx_sha256="ab" * 32,

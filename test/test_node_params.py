@@ -7,10 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from node_harness import domain_id
 
-from scale_field_ros.ros.params import all_param_specs, check_value, params_yaml, settings_from_values
+from scale_field_ros.ros.params import (
+    all_param_specs,
+    check_value,
+    params_file_values,
+    params_yaml,
+    settings_from_values,
+)
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
@@ -20,16 +25,6 @@ from scale_field_ros.ros.node import ScaleFieldNode  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = ROOT / "config" / "params.yaml"
 pytestmark = pytest.mark.ros
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
 
 
 class _NullBackbone:
@@ -51,7 +46,7 @@ def context():
 
 
 def test_params_file_lists_every_parameter_with_its_default():
-    values = _flatten(yaml.safe_load(PARAMS_FILE.read_text())["scale_field_node"]["ros__parameters"])
+    values = params_file_values(PARAMS_FILE)
     specs = {s.name: s for s in all_param_specs()}
     assert set(values) == set(specs)
     for name, spec in specs.items():

@@ -21,11 +21,10 @@ from scale_field_ros.metrics import compute_metrics, evaluation_mask
 from scale_field_ros.patterns import draw_anchors
 from scale_field_ros.pipeline import Pipeline
 from scale_field_ros.ply import read_ply
-from scale_field_ros.ros.params import all_param_specs
+from scale_field_ros.ros.params import all_param_specs, params_file_values
 from scale_field_ros.run_offline import (
     OUTPUT_TOPICS,
     load_settings,
-    params_file_values,
     run_bag,
     run_dataset,
 )

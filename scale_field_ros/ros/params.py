@@ -488,3 +488,48 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ------------------------------------------------------------------ parameters files
+
+NODE_NAME = "scale_field_node"
+
+
+def params_file_values(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The node's parameters in a ROS 2 parameters YAML as flat dotted keys (`filter.enabled`), lists as tuples.
+
+    Sections apply as in ROS: `/**` (every node) first, then the node's own (`scale_field_node` or
+    `/scale_field_node`), each under `ros__parameters`.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameters file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"parameters file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"parameters file {path} must map node names to ros__parameters")
+    names = ("/**", "**", node_name, f"/{node_name}")
+    sections = [doc[n] for n in names if n in doc]
+    if not sections:
+        raise ValueError(f"parameters file {path} has no section for {node_name} (found: {', '.join(map(str, doc))})")
+    values: dict[str, Any] = {}
+    for section in sections:
+        params = section.get("ros__parameters") if isinstance(section, dict) else None
+        if not isinstance(params, dict):
+            raise ValueError(f"parameters file {path}: the {node_name} section has no ros__parameters mapping")
+        values.update(_flatten_yaml(params))
+    return values
+
+
+def _flatten_yaml(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten_yaml(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
