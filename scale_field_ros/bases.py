@@ -412,16 +412,13 @@ def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tupl
     y = np.clip((np.asarray(v, np.float64) + 0.5) * (h / fh) - 0.5, 0, h - 1)
     x0 = np.minimum(np.floor(x).astype(np.int64), w - 2) if w > 1 else np.zeros(len(x), np.int64)
     y0 = np.minimum(np.floor(y).astype(np.int64), h - 2) if h > 1 else np.zeros(len(y), np.int64)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
-    flat = maps.reshape(k, -1).T  # (h*w, K)
+    fx = x - x0
+    fy = y - y0
     i00 = y0 * w + x0
-    return (
-        flat[i00] * (1 - fx) * (1 - fy)
-        + flat[i00 + 1] * fx * (1 - fy)
-        + flat[i00 + w] * (1 - fx) * fy
-        + flat[i00 + w + 1] * fx * fy
-    )
+    # one gather of the 4 corners from each map's contiguous row (not N strided row gathers of a K-wide view)
+    corners = maps.reshape(k, -1)[:, np.stack([i00, i00 + 1, i00 + w, i00 + w + 1])]  # (K, 4, N)
+    gx, gy = 1 - fx, 1 - fy
+    return np.einsum("kcn,cn->nk", corners, np.stack([gx * gy, fx * gy, gx * fy, fx * fy]))
 
 
 BASIS_SOURCES = ("analytic", "learned")

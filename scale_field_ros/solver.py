@@ -101,7 +101,7 @@ def solve(
     usable = np.all(np.isfinite(a), axis=1) & np.isfinite(y) & np.isfinite(sigma) & (sigma > 0)
 
     asked = level
-    level, reason = _choose_level(a[usable], design, config, level)
+    level, reason = _choose_level(a[usable, design.scale_index], design, config, level)
     free = _free_columns(level, len(mean0), design)
     if level is FitLevel.PRIOR or not free.any():
         residuals = np.where(usable, y - a @ mean0, 0.0) if n_all else np.zeros(0)
@@ -174,12 +174,11 @@ def solve(
     return FitResult(weights, cov, residuals, inliers, level, int(keep.sum()), rms, reason)
 
 
-def _choose_level(a: np.ndarray, design: Design, config: SolverConfig, level: FitLevel) -> tuple[FitLevel, str]:
-    """Walk down the ladder from `level` until the anchors support the rung."""
-    n = len(a)
+def _choose_level(scale_col: np.ndarray, design: Design, config: SolverConfig, level: FitLevel) -> tuple[FitLevel, str]:
+    """Walk down the ladder from `level` until the anchors (their scale column `scale_col`) support the rung."""
+    n = len(scale_col)
     if n == 0:
         return FitLevel.PRIOR, "no usable anchors" if level is not FitLevel.PRIOR else ""
-    scale_col = a[:, design.scale_index]
     distinct = len(np.unique(scale_col))
     spread = float(np.std(scale_col) / max(np.mean(np.abs(scale_col)), 1e-12))
     reasons = []
