@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .alloc import keep_frame_buffers
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("scale_field_ros.bench", "per-stage latency benchmark, written as JSON"),
     "eval": ("scale_field_ros.evaluate", "accuracy of the scale field against the baselines, written as JSON"),
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
+    # this process is ours: per-frame full-resolution arrays reuse freed heap instead of fresh pages
+    keep_frame_buffers()
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

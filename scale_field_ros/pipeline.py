@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .alloc import keep_frame_buffers
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
 from .bases import BasisConfig, BasisSet, bases_provider, sample_maps, tier_for
@@ -126,7 +125,6 @@ class Pipeline:
     def __init__(self, backbone: Backbone | None, config: PipelineConfig | None = None, bases_fn=None):
         self.backbone = backbone
         self.config = config or PipelineConfig()
-        keep_frame_buffers()  # per-frame full-resolution arrays reuse freed heap instead of fresh pages
         # (BackboneOutput, BasisConfig, n_anchors, anchors) -> BasisSet: as configured (basis.source), unless given
         self.bases_fn = bases_fn or bases_provider(self.config.basis, getattr(backbone, "name", None))
         self._filter = None

@@ -26,6 +26,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from ..alloc import keep_frame_buffers
 from ..depth_points import decimated_points
 from ..frame_processor import CameraInfoState, FrameProcessor, ProcessedFrame, Warning
 from ..pipeline import Pipeline, PipelineConfig
@@ -387,6 +388,7 @@ def _timings_dict(timings) -> dict[str, float]:
 
 
 def main(args: list[str] | None = None) -> int:
+    keep_frame_buffers()  # the node's process: per-frame arrays reuse freed heap instead of fresh pages
     rclpy.init(args=args)
     node = None
     try:
