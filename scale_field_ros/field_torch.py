@@ -485,37 +485,25 @@ def benchmark_scale_field_torch(
     """Median milliseconds of the torch scale-field stage (anchor design, both solves, compose) on `device`,
     and each timed call's total under "scale_field_samples".
 
-    Bases come from the numpy `build_bases` on a real 640x480 NYU frame (ground truth blurred into a relative
-    map, image colours as features, as `pipeline.benchmark_scale_field`), uploaded once; the timed part is
+    Bases come from the numpy `build_bases` on `pipeline.benchmark_input` (the numpy benchmark's frame and
+    anchors), uploaded once; the timed part is
     what the GPU path runs per frame after the backbone. The device is synchronised around each stage.
     """
-    import cv2
     import numpy as np
 
-    from .backbone import BackboneOutput, DepthKind
     from .bases import BasisConfig, build_bases
-    from .datasets import load_dataset, shared_root
+    from .pipeline import benchmark_input
 
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    frame = load_dataset(shared_root() / "data" / "nyu").frame(0)
-    gt = frame.depth_m
-    rel = cv2.GaussianBlur(np.where(gt > 0, gt, np.median(gt[gt > 0])), (0, 0), 6).astype(np.float32)
-    feats = cv2.resize(frame.rgb, (56, 56), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    feats = np.concatenate([feats, np.stack([cv2.resize(rel, (56, 56))] * 5, -1)], axis=-1)
-    out = BackboneOutput(rel, DepthKind.DEPTH, True, {"bench": np.ascontiguousarray(feats.transpose(2, 0, 1))})
-    rng = np.random.default_rng(seed)
-    flat = np.flatnonzero(gt.ravel() > 0)
-    pick = rng.choice(flat, size=min(n_anchors, flat.size), replace=False)
-    rows, cols = np.divmod(pick, gt.shape[1])
-    bases = build_bases(out, BasisConfig(), len(pick))
+    out, anchors = benchmark_input(None, n_anchors, seed)
+    bases = build_bases(out, BasisConfig(), len(anchors))
 
     def put(a):
         return torch.as_tensor(np.asarray(a), dtype=dtype, device=dev)[None]
 
     maps, inv_rel, inv_rel_work = put(bases.maps), put(bases.inv_rel), put(bases.inv_rel_work)
-    u, v = put(cols.astype(np.float32)), put(rows.astype(np.float32))
-    depth = put(gt.ravel()[pick] * rng.uniform(0.9, 1.1, len(pick)))
+    u, v, depth = put(anchors.u), put(anchors.v), put(anchors.depth_m)
     wt = torch.ones_like(depth)
     mask = torch.ones_like(depth, dtype=torch.bool)
     scale = torch.tensor([bases.scale_inv_rel], dtype=dtype, device=dev)
@@ -539,8 +527,8 @@ def benchmark_scale_field_torch(
         "compose": float(med[1]),
         "scale_field": float(np.median(arr.sum(axis=1))),
         "scale_field_samples": [float(x) for x in arr.sum(axis=1)],  # per timed call, for LatencyStats
-        "n_anchors": float(len(pick)),
+        "n_anchors": float(len(anchors)),
         "k": float(bases.k),
-        "width": float(gt.shape[1]),
-        "height": float(gt.shape[0]),
+        "width": float(out.shape[1]),
+        "height": float(out.shape[0]),
     }

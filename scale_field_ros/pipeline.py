@@ -474,17 +474,13 @@ def _hull_fraction(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> floa
     return float(max((np.ptp(x) + 1) * (np.ptp(y) + 1) / (h * w), 1e-3))
 
 
-def benchmark_scale_field(
-    out: BackboneOutput | None = None,
-    n_anchors: int = 1000,
-    repeats: int = 30,
-    config: PipelineConfig | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Median milliseconds of the scale-field stage (bases, solve, compose, uncertainty) for one frame.
+def benchmark_input(
+    out: BackboneOutput | None = None, n_anchors: int = 1000, seed: int = 0
+) -> tuple[BackboneOutput, Anchors]:
+    """The scale-field benchmarks' frame and anchors (numpy and torch stages time the same input).
 
-    Without `out`, uses a 640x480 NYU frame's ground truth blurred into a relative map with features taken
-    from its image, so it needs only shared/data. Returns per-stage medians and `scale_field` (their sum).
+    Without `out`: a 640x480 NYU frame's ground truth blurred into a relative map, with features taken from its
+    image, so only shared/data is needed. Anchors: `n_anchors` valid pixels with 10 % multiplicative noise.
     """
     import cv2
 
@@ -502,11 +498,26 @@ def benchmark_scale_field(
         truth = gt
     else:
         truth = np.where(np.isfinite(out.relative), out.relative, 0)
-    h, w = out.shape
+    w = out.shape[1]
     flat = np.flatnonzero(truth.ravel() > 0)
     pick = rng.choice(flat, size=min(n_anchors, flat.size), replace=False)
     rows, cols = np.divmod(pick, w)
-    anchors = Anchors.from_arrays(cols, rows, truth.ravel()[pick] * rng.uniform(0.9, 1.1, len(pick)))
+    return out, Anchors.from_arrays(cols, rows, truth.ravel()[pick] * rng.uniform(0.9, 1.1, len(pick)))
+
+
+def benchmark_scale_field(
+    out: BackboneOutput | None = None,
+    n_anchors: int = 1000,
+    repeats: int = 30,
+    config: PipelineConfig | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median milliseconds of the scale-field stage (bases, solve, compose, uncertainty) for one frame.
+
+    The frame and anchors are `benchmark_input(out, n_anchors, seed)`. Returns per-stage medians and
+    `scale_field` (their sum).
+    """
+    out, anchors = benchmark_input(out, n_anchors, seed)
     pipe = Pipeline(None, config or PipelineConfig(max_depth_m=10.0))
     samples = []
     for _ in range(repeats + 2):
@@ -520,6 +531,6 @@ def benchmark_scale_field(
         "compose": float(med[2]),
         "scale_field": float(np.median(arr.sum(axis=1))),
         "n_anchors": float(len(anchors)),
-        "width": float(w),
-        "height": float(h),
+        "width": float(out.shape[1]),
+        "height": float(out.shape[0]),
     }
