@@ -28,7 +28,7 @@ from .poses import PoseBuffer
 IMAGE_BACKWARDS_TOLERANCE_S = 0.5  # an image stamp this far back means the bag looped: filter and buffers reset
 ASPECT_TOLERANCE = 0.01  # relative: camera_info of another size is scaled only when the aspect ratio matches
 
-Warning = tuple[str, str]  # (cause, text); cause is a stable key for counting and throttling
+InputWarning = tuple[str, str]  # (cause, text); cause is a stable key for counting and throttling
 
 
 class CameraInfoState(NamedTuple):
@@ -64,7 +64,7 @@ class FrameStep:
     pipeline ran but produced an unusable (non-finite) output."""
 
     frame: ProcessedFrame | None
-    warnings: tuple[Warning, ...]
+    warnings: tuple[InputWarning, ...]
     timings: FrameTimings
     failed: bool = False
 
@@ -105,7 +105,7 @@ class FrameProcessor:
 
     # -------------------------------------------------------------- inputs (cheap: decode and buffer)
 
-    def on_camera_info(self, msg) -> list[Warning]:
+    def on_camera_info(self, msg) -> list[InputWarning]:
         try:
             intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
             distorted = msg_codec.camera_info_msg_is_distorted(msg)
@@ -120,7 +120,7 @@ class FrameProcessor:
         """An image arrived (before it is processed): its stamp bounds how far ahead anchors may be."""
         self.latest_image_stamp_s = stamp_s
 
-    def on_anchors(self, msg, stamp_s: float) -> list[Warning]:
+    def on_anchors(self, msg, stamp_s: float) -> list[InputWarning]:
         try:
             decoded = msg_codec.pointcloud2_msg_decode(msg)
         except (msg_codec.MessageError, ValueError) as exc:
@@ -144,7 +144,7 @@ class FrameProcessor:
         }[status]
         return [(f"anchors_{status.value}", text)]
 
-    def on_odom(self, msg, stamp_s: float) -> list[Warning]:
+    def on_odom(self, msg, stamp_s: float) -> list[InputWarning]:
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         try:
             T_world_body = msg_codec.pose_to_transform((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
@@ -163,7 +163,7 @@ class FrameProcessor:
     ) -> FrameStep:
         """Decode `msg` (sensor_msgs Image, or CompressedImage with `compressed`), assemble its anchors and run
         the pipeline. `T_cam_anchor` resolves the anchor frame (default: the `T_cam_anchor` setting)."""
-        warnings: list[Warning] = []
+        warnings: list[InputWarning] = []
         settings, config = self.settings, self.config
         t0 = time.perf_counter_ns()
 
@@ -234,7 +234,7 @@ class FrameProcessor:
             return step(failed=True, marks=(t1, t2, t3))
         return step(ProcessedFrame(stamp_s, rgb, intrinsics, found, result), marks=(t1, t2, t3))
 
-    def _intrinsics_for(self, w: int, h: int, warnings: list[Warning]) -> Intrinsics | None:
+    def _intrinsics_for(self, w: int, h: int, warnings: list[InputWarning]) -> Intrinsics | None:
         """Latest camera_info at the image's size; None (after a warning) when there is none or it cannot fit."""
         info = self.camera_info
         if info is None:

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ..alloc import keep_frame_buffers
 from ..depth_points import decimated_points
-from ..frame_processor import CameraInfoState, FrameProcessor, ProcessedFrame, Warning
+from ..frame_processor import CameraInfoState, FrameProcessor, InputWarning, ProcessedFrame
 from ..pipeline import Pipeline, PipelineConfig
 from . import conversions as conv
 from .params import NodeSettings, apply_changes, declare_parameters, settings_from_values
@@ -204,7 +204,7 @@ class ScaleFieldNode(Node):
     def _camera_info(self) -> CameraInfoState | None:
         return self.processor.camera_info
 
-    def _warn_all(self, warnings: list[Warning] | tuple[Warning, ...]) -> None:
+    def _warn_all(self, warnings: list[InputWarning] | tuple[InputWarning, ...]) -> None:
         for cause, text in warnings:
             self.warn(cause, text)
 
