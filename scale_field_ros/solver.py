@@ -105,15 +105,8 @@ def solve(
     free = _free_columns(level, len(mean0), design)
     if level is FitLevel.PRIOR or not free.any():
         residuals = np.where(usable, y - a @ mean0, 0.0) if n_all else np.zeros(0)
-        return FitResult(
-            mean0,
-            cov0,
-            np.nan_to_num(residuals),
-            np.zeros(n_all, bool),
-            FitLevel.PRIOR,
-            0,
-            0.0,
-            reason or ("" if asked is FitLevel.PRIOR else "no usable anchors"),
+        return _prior_fit(
+            mean0, cov0, np.nan_to_num(residuals), reason or ("" if asked is FitLevel.PRIOR else "no usable anchors")
         )
 
     idx = np.flatnonzero(usable)
@@ -161,17 +154,13 @@ def solve(
     norm = residuals[idx][keep] / s_u[keep]
     rms = float(np.sqrt(np.mean(norm**2))) if keep.any() else 0.0
     if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(cov))):
-        return FitResult(
-            mean0,
-            cov0,
-            np.zeros(n_all),
-            np.zeros(n_all, bool),
-            FitLevel.PRIOR,
-            0,
-            0.0,
-            "numerical failure in the solve",
-        )
+        return _prior_fit(mean0, cov0, np.zeros(n_all), "numerical failure in the solve")
     return FitResult(weights, cov, residuals, inliers, level, int(keep.sum()), rms, reason)
+
+
+def _prior_fit(mean: np.ndarray, cov: np.ndarray, residuals: np.ndarray, reason: str) -> FitResult:
+    """The bottom rung: the prior itself, no anchor counted as an inlier, `reason` saying why."""
+    return FitResult(mean, cov, residuals, np.zeros(len(residuals), bool), FitLevel.PRIOR, 0, 0.0, reason)
 
 
 def _choose_level(scale_col: np.ndarray, design: Design, config: SolverConfig, level: FitLevel) -> tuple[FitLevel, str]:
