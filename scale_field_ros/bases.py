@@ -319,10 +319,16 @@ def depth_partition(log_g: np.ndarray, bins: int) -> list[np.ndarray]:
 
 
 def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
+    """The feature map named `name`, or ("") the finest with at least 8 channels; a graph's basis outputs
+    (`graph_backbone.BASIS_OUTPUTS`) are not features."""
+    from .graph_backbone import BASIS_OUTPUTS
+
     if name:
         return out.features.get(name)
     best = None
-    for fmap in out.features.values():
+    for key, fmap in out.features.items():
+        if key in BASIS_OUTPUTS:
+            continue
         if fmap.shape[0] >= 8 and (best is None or fmap.shape[1] * fmap.shape[2] > best.shape[1] * best.shape[2]):
             best = fmap
     return best

@@ -130,7 +130,7 @@ def relative_inverse_depth(relative: torch.Tensor, kind: DepthKind) -> tuple[tor
     constant_masked = ~usable | (torch.sqrt(var_log) < 1e-4)
     g = torch.where(all_valid[:, None], g_fast, g_masked)
     med = torch.where(all_valid, med_fast, med_masked)
-    constant = torch.where(all_valid, constant_fast, constant_masked)
+    constant = (all_valid & constant_fast) | (~all_valid & constant_masked)  # ONNX Runtime has no bool Where
     return g.reshape(relative.shape), med, constant
 
 
@@ -388,3 +388,52 @@ class AnalyticBasesModule(nn.Module):
     def forward(self, relative: torch.Tensor, feature: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         fam = analytic_bases(relative, self.kind, feature, self.config, relative.dtype)
         return fam.maps, fam.inv_rel_work
+
+
+class GraphWithBases(nn.Module):
+    """A backbone graph (image -> relative (B, H, W), feature maps...) with the full analytic family appended:
+    outputs (relative, features..., bases (B, K, h, w), inv_rel_work (B, h, w)).
+
+    The bases are built from the graph's own relative output at the network's input resolution (the numpy
+    path builds them from the map resized to the camera's), on `feature_index`, the feature output
+    `bases.pick_feature` would pick. Shapes are fixed when traced (the resizes are constant matrices), so a
+    graph with bases is exported at a fixed input size.
+    """
+
+    def __init__(self, graph: nn.Module, kind: DepthKind, config: BasisConfig, feature_index: int | None) -> None:
+        super().__init__()
+        self.backbone = graph  # not "graph": that name is taken on the exporter's GraphModule
+        self.kind = kind
+        self.config = config
+        self.feature_index = feature_index
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = tuple(self.backbone(image))
+        feature = None if self.feature_index is None else outs[1 + self.feature_index]
+        fam = analytic_bases(outs[0], self.kind, feature, self.config, torch.float32)
+        return (*outs, fam.maps, fam.inv_rel_work)
+
+
+def with_bases(graph: nn.Module, meta, config: BasisConfig = BasisConfig()):  # noqa: B008 - frozen
+    """(`GraphWithBases` around `graph`, its `GraphMeta`) for a graph described by `meta` (without bases).
+
+    The feature is chosen as `bases.pick_feature` chooses, from the outputs of one small forward pass."""
+    import dataclasses
+
+    from .graph_backbone import BASIS_OUTPUTS
+
+    side = 2 * meta.multiple
+    with torch.no_grad():
+        outs = tuple(graph.eval()(torch.zeros(1, 3, side, side)))
+    names = meta.feature_names
+    features = {n: o[0].numpy() for n, o in zip(names, outs[1:], strict=True)}
+    probe = BackboneOutput(outs[0][0].numpy(), meta.kind, meta.metric, features)
+    fmap = pick_feature(probe, config.feature_name) if config.feature_components > 0 else None
+    index = None
+    if fmap is not None:
+        index = next(i for i, n in enumerate(names) if features[n] is fmap)
+    channels = 0 if index is None else int(outs[1 + index].shape[1])
+    basis_names = family_names(config, channels)
+    module = GraphWithBases(graph, meta.kind, config, index).eval()
+    out_meta = dataclasses.replace(meta, output_names=(*meta.output_names, *BASIS_OUTPUTS), basis_names=basis_names)
+    return module, out_meta
