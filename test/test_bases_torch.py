@@ -111,3 +111,12 @@ def test_invalid_and_flat_relative_maps_follow_numpy():
     assert got.constant_relative and got.names == ref.names and got.k < 13
     np.testing.assert_allclose(got.maps, ref.maps, atol=1e-6)
     assert np.all(np.isfinite(got.inv_rel)) and np.all(np.isfinite(got.maps))
+
+
+def test_cuda_matches_numpy():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine (torch.cuda.is_available() is False)")
+    _, out = infer("kitti_semidense", 0)
+    ref = build_bases(out, BasisConfig(), 1000)
+    got = TorchAnalyticBases("cuda")(out, BasisConfig(), 1000)
+    assert got.names == ref.names and min(_correlations(got.maps, ref.maps)) > MIN_CORRELATION
