@@ -141,11 +141,14 @@ def build_bases(out: BackboneOutput, config: BasisConfig, n_anchors: int, anchor
     and `config.select`, the tier is then chosen among scale only .. the count's tier by cross-validation
     on the anchors (`select_tier`), so clustered or few anchors get a family they can support."""
     g, med, constant = relative_inverse_depth(out)
-    h, w = working_shape(g.shape, config.work_long_side)
-    g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
-    log_g = np.log(g_work)
     tier = tier_for(n_anchors, config)
-    full = _build_family(out, config, tier, constant, g, g_work, log_g, med)
+    full = graph_family(out, config, g, med, constant)
+    if full is not None:  # the backbone graph built the maps (`scale-field export --bases analytic`)
+        full = full if tier == full.tier else _restrict(full, tier, "count")
+    else:
+        h, w = working_shape(g.shape, config.work_long_side)
+        g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
+        full = _build_family(out, config, tier, constant, g, g_work, np.log(g_work), med)
     if anchors is None or not config.select or len(anchors) == 0:
         return full
     return select_tier(full, anchors, config)
@@ -172,6 +175,35 @@ def _build_family(out, config, tier, constant, g, g_work, log_g, med) -> BasisSe
         rms = np.sqrt(np.mean(stack[n_pos:] ** 2, axis=(1, 2), keepdims=True))
         stack[n_pos:] /= np.maximum(rms, 1e-6)
     return BasisSet(stack, tuple(names), g, g_work.astype(np.float32), med, constant, tier, "count")
+
+
+def graph_family(out: BackboneOutput, config: BasisConfig, g, med: float, constant: bool) -> BasisSet | None:
+    """The full family (tier 3) from a graph's `bases` output in `out.features`, or None without one, or when
+    its map count is not the family `config` asks for (the graph was exported with another configuration).
+
+    The graph built the maps from its relative output at the network's resolution; g (the camera-resolution
+    map, `relative_inverse_depth`) is shrunk to their size, so that inv_rel and inv_rel_work share units."""
+    from .graph_backbone import BASES_OUTPUT
+
+    maps = out.features.get(BASES_OUTPUT)
+    if maps is None or maps.ndim != 3:
+        return None
+    fmap = pick_feature(out, config.feature_name) if config.feature_components > 0 else None
+    names = list(position_maps((2, 2), config.poly_degree).names)
+    n_pos = len(names)
+    names += [f"depth{i}" for i in range(config.depth_bins)] if config.depth_bins >= 2 else []
+    names += [f"pca{i}" for i in range(min(config.feature_components, 0 if fmap is None else fmap.shape[0]))]
+    if maps.shape[0] != len(names):
+        return None
+    maps = np.asarray(maps, np.float32)
+    # as `_build_family`: no depth or PCA maps without depth structure; zero maps (a negligible component) dropped
+    keep = np.arange(len(names)) < n_pos
+    if not constant:
+        keep |= np.abs(maps).reshape(len(names), -1).max(axis=1) > 0
+    h, w = maps.shape[1:]
+    g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    names_kept = tuple(n for n, k in zip(names, keep, strict=True) if k)
+    return BasisSet(np.ascontiguousarray(maps[keep]), names_kept, g, g_work, med, constant, 3, "count")
 
 
 def _tier_columns(names: tuple[str, ...], tier: int) -> np.ndarray:
@@ -319,10 +351,16 @@ def depth_partition(log_g: np.ndarray, bins: int) -> list[np.ndarray]:
 
 
 def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
+    """The feature map named `name`, or ("") the finest with at least 8 channels; a graph's basis outputs
+    (`graph_backbone.BASIS_OUTPUTS`) are not features."""
+    from .graph_backbone import BASIS_OUTPUTS
+
     if name:
         return out.features.get(name)
     best = None
-    for fmap in out.features.values():
+    for key, fmap in out.features.items():
+        if key in BASIS_OUTPUTS:
+            continue
         if fmap.shape[0] >= 8 and (best is None or fmap.shape[1] * fmap.shape[2] > best.shape[1] * best.shape[2]):
             best = fmap
     return best

@@ -115,7 +115,18 @@ def box_filter(a: torch.Tensor, radius: int) -> torch.Tensor:
         return a
     h, w = a.shape[-2:]
     a = a.index_select(-2, _reflect_index(h, radius, a.device)).index_select(-1, _reflect_index(w, radius, a.device))
-    return F.avg_pool2d(a, 2 * radius + 1, stride=1)
+    return _window_mean(_window_mean(a, radius, -1), radius, -2)
+
+
+def _window_mean(a: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Means of 2r+1 consecutive entries along `dim` (length shrinks by 2r), by differences of a running sum:
+    separable and independent of r, faster than pooling on the CPU and exportable (ONNX CumSum)."""
+    k = 2 * radius + 1
+    c = torch.cumsum(a, dim=dim)
+    n = a.shape[dim]
+    first = c.narrow(dim, k - 1, 1)
+    rest = c.narrow(dim, k, n - k) - c.narrow(dim, 0, n - k)
+    return torch.cat([first, rest], dim=dim) / k
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:

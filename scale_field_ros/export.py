@@ -1,7 +1,8 @@
 """`scale-field export`: one ONNX graph of backbone + basis features with named outputs.
 
 The graph is what ONNX Runtime and TensorRT execute: input `image` (normalised float32 1x3xHxW),
-outputs `relative` (1xHxW) then the feature maps the bases use (1xCxhxw), named as in `GraphMeta`,
+outputs `relative` (1xHxW) then the feature maps the bases use (1xCxhxw), then with `--bases analytic`
+(the default) the analytic basis maps `bases` (1xKxhxw) and `inv_rel_work` (1xhxw), named as in `GraphMeta`,
 which is written into the file's metadata so runtimes need nothing else. Fixed size (--width/
 --height, multiples of the patch size) gives the fastest engines; without them the height and width
 are dynamic (multiples of the patch size).
@@ -18,15 +19,18 @@ import time
 from pathlib import Path
 
 from scale_field_ros import depth_anything
-from scale_field_ros.graph_backbone import INPUT_NAME, META_KEY, GraphMeta
+from scale_field_ros.graph_backbone import INPUT_NAME, META_KEY, RELATIVE_OUTPUT, GraphMeta
 
 LOG = logging.getLogger(__name__)
 OPSET = 18
 MAX_DYNAMIC_SIDE = 2044  # largest dynamic side; TensorRT profiles and position-embedding resizes stay sane
 
 
+BASES_CHOICES = ("analytic", "none")
+
+
 def backbone_names() -> tuple[str, ...]:
-    return tuple(depth_anything.VARIANTS)
+    return ("fastdepth", *depth_anything.VARIANTS)
 
 
 def build_graph(
@@ -36,14 +40,61 @@ def build_graph(
     random_init: bool = False,
     feature_levels: tuple[int, ...] | None = None,
     config=None,
+    bases: str = "none",
+    basis_config=None,
 ):
-    """(torch module, GraphMeta without fixed size) for a backbone name."""
+    """(torch module, GraphMeta without fixed size) for a backbone name.
+
+    bases "analytic" appends the full analytic basis family (`bases_torch.with_bases`, outputs `bases` and
+    `inv_rel_work`, built with `basis_config`, default `BasisConfig()`); such a graph exports at a fixed size.
+    FastDepth: model_path is its .tflite file (default: the shared one); random_init keeps untrained weights.
+    """
+    if bases not in BASES_CHOICES:
+        raise ValueError(f"bases must be one of {BASES_CHOICES}, got {bases!r}")
     if backbone in depth_anything.VARIANTS:
         model = depth_anything.load_model(backbone, model_path, random_init=random_init, config=config)
         levels = depth_anything.DEFAULT_FEATURE_LEVELS if feature_levels is None else feature_levels
         graph = depth_anything.build_graph(model, levels)
-        return graph, depth_anything.graph_meta(backbone, graph)
-    raise ValueError(f"no exportable graph for backbone {backbone!r}; expected one of {backbone_names()}")
+        meta = depth_anything.graph_meta(backbone, graph)
+    elif backbone == "fastdepth":
+        graph, meta = _fastdepth_graph(model_path, random_init)
+    else:
+        raise ValueError(f"no exportable graph for backbone {backbone!r}; expected one of {backbone_names()}")
+    if bases == "none":
+        return graph, meta
+    from .bases import BasisConfig
+    from .bases_torch import with_bases
+
+    return with_bases(graph, meta, basis_config or BasisConfig())
+
+
+def _fastdepth_graph(model_path: str | Path | None, random_init: bool):
+    """FastDepth's graph and meta; the input normalisation is the TFLite graph's input quantisation."""
+    from . import fastdepth
+    from .backbone import DepthKind
+
+    if random_init:
+        scale, zero_point = 1.0 / 255.0, 0
+        model = fastdepth.FastDepth()
+    else:
+        from .backbones import default_model_path
+        from .tflite_weights import load_fastdepth
+
+        model, weights = load_fastdepth(model_path if model_path is not None else default_model_path())
+        scale, zero_point = weights.input_scale, weights.input_zero_point
+    # network input = (255 x - zero_point) * scale = (x - mean) / std for x in [0, 1]
+    mean, std = zero_point / 255.0, 1.0 / (255.0 * scale)
+    meta = GraphMeta(
+        backbone="fastdepth",
+        kind=DepthKind.DEPTH,
+        metric=True,
+        mean=(mean,) * 3,
+        std=(std,) * 3,
+        multiple=fastdepth.MULTIPLE,
+        short_side=fastdepth.INPUT_SIZE,
+        output_names=(RELATIVE_OUTPUT, *fastdepth.FEATURE_NAMES),
+    )
+    return fastdepth.FastDepthGraph(model.eval()).eval(), meta
 
 
 def export_onnx(
@@ -64,6 +115,10 @@ def export_onnx(
     if (height is None) != (width is None):
         raise ValueError("give both --width and --height for a fixed-size export, or neither for a dynamic one")
     fixed = height is not None
+    if meta.basis_names and not fixed:
+        raise ValueError(
+            "a graph with bases exports at a fixed input size: give --width and --height (or --bases none)"
+        )
     m = meta.multiple
     if fixed:
         if height % m or width % m or min(height, width) < 2 * m:
@@ -110,17 +165,38 @@ def _forward_params(module) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", required=True, choices=backbone_names())
-    parser.add_argument("--model", default=None, help="hub id or local folder (default: the variant's hub id)")
-    parser.add_argument("--random-init", action="store_true", help="random weights from the config (no download)")
-    parser.add_argument("--width", type=int, default=None, help="fixed input width (multiple of 14)")
-    parser.add_argument("--height", type=int, default=None, help="fixed input height (multiple of 14)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Depth Anything: hub id or local folder (default: the variant's hub id); "
+        "fastdepth: its .tflite file (default: shared/models/fastdepth_224.tflite)",
+    )
+    parser.add_argument("--random-init", action="store_true", help="random weights (no download, no model file)")
+    parser.add_argument(
+        "--width", type=int, default=None, help="fixed input width (multiple of 14; fastdepth: 32, default 224)"
+    )
+    parser.add_argument("--height", type=int, default=None, help="fixed input height (as --width)")
+    parser.add_argument(
+        "--bases",
+        choices=BASES_CHOICES,
+        default="analytic",
+        help="analytic: append the analytic basis maps (outputs bases, inv_rel_work; needs a fixed size); "
+        "none: backbone outputs only (any size)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output .onnx file")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    module, meta = build_graph(args.backbone, args.model, random_init=args.random_init)
-    meta = export_onnx(module, meta, args.out, height=args.height, width=args.width)
+    height, width = args.height, args.width
+    if args.backbone == "fastdepth" and height is None and width is None:
+        from .fastdepth import INPUT_SIZE
+
+        height = width = INPUT_SIZE  # the size FastDepth was trained at (its TFLite graph is fixed at it)
+    if args.bases == "analytic" and (height is None or width is None):
+        raise ValueError("--bases analytic needs a fixed input size (--width and --height); or use --bases none")
+    module, meta = build_graph(args.backbone, args.model, random_init=args.random_init, bases=args.bases)
+    meta = export_onnx(module, meta, args.out, height=height, width=width)
     size = "dynamic" if meta.fixed_hw is None else f"{meta.fixed_hw[1]}x{meta.fixed_hw[0]}"
     print(f"wrote {args.out} ({size} input; outputs {', '.join(meta.output_names)})")
     return 0

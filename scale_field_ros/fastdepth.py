@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INPUT_SIZE = 224  # the graph's fixed input side (square)
+MULTIPLE = 32  # five stride-2 stages: other input sides must be multiples of this
 STEM_CHANNELS = 16
 # Pointwise output widths of the 13 depthwise-separable encoder blocks and the blocks that halve resolution.
 ENCODER_CHANNELS = (56, 88, 120, 144, 256, 408, 376, 272, 288, 296, 328, 480, 512)
@@ -123,3 +124,16 @@ def conv_units(model: FastDepth) -> list[tuple[str, ConvUnit]]:
         units += [(f"decoder.{i}.dw", stage.dw), (f"decoder.{i}.pw", stage.pw)]
     units.append(("head", model.head))
     return units
+
+
+class FastDepthGraph(nn.Module):
+    """FastDepth as a backbone graph (`graph_backbone`): normalised Bx3xHxW image (sides multiples of 32)
+    -> (depth BxHxW in metres, dec1..dec5)."""
+
+    def __init__(self, model: FastDepth) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        depth, features = self.model(image)
+        return (depth[:, 0], *(features[name] for name in FEATURE_NAMES))

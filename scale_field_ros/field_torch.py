@@ -482,53 +482,60 @@ def compose(
 def benchmark_scale_field_torch(
     device: str = "cpu", n_anchors: int = 1000, repeats: int = 30, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> dict[str, float | list[float]]:
-    """Median milliseconds of the torch scale-field stage (anchor design, both solves, compose) on `device`,
-    and each timed call's total under "scale_field_samples".
+    """Median milliseconds of the torch scale-field stage (bases, anchor design, both solves, compose) on
+    `device`, and each timed call's total under "scale_field_samples".
 
-    Bases come from the numpy `build_bases` on `pipeline.benchmark_input` (the numpy benchmark's frame and
-    anchors), uploaded once; the timed part is
-    what the GPU path runs per frame after the backbone. The device is synchronised around each stage.
+    Input: `pipeline.benchmark_input` (the numpy benchmark's frame and anchors); its relative map and feature
+    map are uploaded once, as the backbone would leave them on the device. The bases are the full analytic
+    family (`bases_torch.analytic_bases`; the numpy stage picks the same family for these anchors), so the
+    timed part is what the GPU path runs per frame after the backbone. The device is synchronised around
+    each stage.
     """
     import numpy as np
 
-    from .bases import BasisConfig, build_bases
+    from .bases import BasisConfig, pick_feature
+    from .bases_torch import analytic_bases
     from .pipeline import benchmark_input
 
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     out, anchors = benchmark_input(None, n_anchors, seed)
-    bases = build_bases(out, BasisConfig(), len(anchors))
+    config = BasisConfig()
 
     def put(a):
         return torch.as_tensor(np.asarray(a), dtype=dtype, device=dev)[None]
 
-    maps, inv_rel, inv_rel_work = put(bases.maps), put(bases.inv_rel), put(bases.inv_rel_work)
+    relative, feature = put(out.relative), put(pick_feature(out, config.feature_name))
     u, v, depth = put(anchors.u), put(anchors.v), put(anchors.depth_m)
     wt = torch.ones_like(depth)
     mask = torch.ones_like(depth, dtype=torch.bool)
-    scale = torch.tensor([bases.scale_inv_rel], dtype=dtype, device=dev)
     samples = []
     with torch.no_grad():
         for _ in range(repeats + 3):
             sync()
             t0 = time.perf_counter()
-            design = anchor_design(maps, inv_rel, u, v, depth, wt, mask, 0.02)
-            fit = fit_field(design, scale)
+            bases = analytic_bases(relative, out.kind, feature, config, dtype)
             sync()
             t1 = time.perf_counter()
-            compose(maps, inv_rel, inv_rel_work, fit.weights, fit.covariance, 0.1, 10.0)
+            design = anchor_design(bases.maps, bases.inv_rel, u, v, depth, wt, mask, 0.02)
+            fit = fit_field(design, bases.scale_inv_rel)
             sync()
             t2 = time.perf_counter()
-            samples.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3))
+            compose(bases.maps, bases.inv_rel, bases.inv_rel_work, fit.weights, fit.covariance, 0.1, 10.0)
+            sync()
+            t3 = time.perf_counter()
+            samples.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
     arr = np.array(samples[3:])
     med = np.median(arr, axis=0)
     return {
-        "solve": float(med[0]),
-        "compose": float(med[1]),
+        "bases": float(med[0]),
+        "solve": float(med[1]),
+        "compose": float(med[2]),
         "scale_field": float(np.median(arr.sum(axis=1))),
         "scale_field_samples": [float(x) for x in arr.sum(axis=1)],  # per timed call, for LatencyStats
+        **{f"{part}_samples": [float(x) for x in arr[:, i]] for i, part in enumerate(("bases", "solve", "compose"))},
         "n_anchors": float(len(anchors)),
-        "k": float(bases.k),
+        "k": float(bases.maps.shape[1]),
         "width": float(out.shape[1]),
         "height": float(out.shape[0]),
     }

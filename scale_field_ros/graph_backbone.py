@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 META_KEY = "scale_field_ros.graph"
 RELATIVE_OUTPUT = "relative"
+BASES_OUTPUT = "bases"  # 1xKxhxw analytic basis maps (`bases_torch`), when the graph computes them
+INV_REL_WORK_OUTPUT = "inv_rel_work"  # 1xhxw relative inverse depth at their working resolution, median 1
+BASIS_OUTPUTS = (BASES_OUTPUT, INV_REL_WORK_OUTPUT)  # last outputs of a graph with bases, in this order
 INPUT_NAME = "image"
 ASPECT_TOLERANCE = 0.02  # relative aspect change above which a fixed-size graph distorts visibly
 
@@ -46,10 +49,15 @@ class GraphMeta:
     short_side: int  # input short side for dynamic graphs; aspect ratio is kept
     output_names: tuple[str, ...]
     fixed_hw: tuple[int, int] | None = None  # (H, W) when exported at a fixed input size
+    basis_names: tuple[str, ...] = ()  # names of the `bases` output's maps; () when the graph has no bases
 
     def __post_init__(self) -> None:
         if not self.output_names or self.output_names[0] != RELATIVE_OUTPUT:
             raise ValueError(f"first graph output must be {RELATIVE_OUTPUT!r}, got {self.output_names}")
+        if bool(self.basis_names) != (self.output_names[-len(BASIS_OUTPUTS) :] == BASIS_OUTPUTS):
+            raise ValueError(
+                f"outputs {self.output_names} must end with {BASIS_OUTPUTS} exactly when basis names are given"
+            )
         if self.multiple < 1 or self.short_side < self.multiple:
             raise ValueError(f"bad input geometry: multiple {self.multiple}, short side {self.short_side}")
         if self.fixed_hw is not None and any(s % self.multiple for s in self.fixed_hw):
@@ -57,7 +65,8 @@ class GraphMeta:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return self.output_names[1:]
+        """The feature-map outputs (between `relative` and the basis outputs)."""
+        return self.output_names[1 : len(self.output_names) - (len(BASIS_OUTPUTS) if self.basis_names else 0)]
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -69,8 +78,9 @@ class GraphMeta:
         try:
             d = json.loads(text)
             d["kind"] = DepthKind(d["kind"])
-            for key in ("mean", "std", "output_names"):
-                d[key] = tuple(d[key])
+            for key in ("mean", "std", "output_names", "basis_names"):
+                if key in d:
+                    d[key] = tuple(d[key])
             if d.get("fixed_hw") is not None:
                 d["fixed_hw"] = tuple(int(s) for s in d["fixed_hw"])
             return GraphMeta(**d)
@@ -199,8 +209,12 @@ class GraphBackbone:
                 )
             relative = resize_relative(outputs[0], (height, width))
             relative_np = relative.cpu().numpy().astype(np.float32, copy=False)
-            names = self.meta.feature_names
-            features = {name: out[0].float().cpu().numpy() for name, out in zip(names, outputs[1:], strict=True)}
+            # feature maps, then (graphs with bases) the basis outputs under their names: see `bases.pick_feature`
+            names = self.meta.output_names[1:]
+            features = {  # C x h x w each (inv_rel_work: 1 x h x w)
+                name: out.reshape(-1, *out.shape[-2:]).float().cpu().numpy()
+                for name, out in zip(names, outputs[1:], strict=True)
+            }
             t3 = time.perf_counter()
         self.last_times = StageTimes(1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2))
         if not np.all(np.isfinite(relative_np)):

@@ -47,9 +47,14 @@ def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
     )
     assert bench.run(args) == 0
     report = json.loads(out.read_text())
-    assert {"backbone", "backbone_native", "scale_field", "scale_field_solve", "scale_field_torch"} <= set(
-        report["stages_ms"]
-    )
+    assert {
+        "backbone",
+        "backbone_native",
+        "scale_field",
+        "scale_field_solve",
+        "scale_field_torch",
+        "scale_field_torch_bases",
+    } <= set(report["stages_ms"])
     if importlib.util.find_spec("rclpy") is not None:
         # the node over DDS: end to end includes the backbone, so the non-backbone share is a proper fraction
         assert "node_end_to_end" in report["stages_ms"]

@@ -214,6 +214,7 @@ def test_cuda_matches_cpu():
 def test_benchmark_runs_on_cpu():
     result = ft.benchmark_scale_field_torch("cpu", n_anchors=200, repeats=2)
     assert result["n_anchors"] == 200 and result["scale_field"] > 0 and result["k"] >= 1
+    assert result["bases"] > 0 and len(result["bases_samples"]) == 2
 
 
 @pytest.mark.parametrize(("dataset", "index", "pattern", "n"), [("nyu", 2, "uniform", 100), *[c[:4] for c in CASES]])
