@@ -33,12 +33,15 @@ class BackboneOutput:
     metric: True when the values are roughly metric (still to be corrected), False when
         affine-invariant (unknown scale and shift).
     features: name -> C x h x w float32 feature map at the network's own resolution.
+    graph_basis_config: for a graph that computes the analytic bases (features `bases`, `inv_rel_work`), the
+        `BasisConfig.maps_signature` it was exported with; "" otherwise.
     """
 
     relative: np.ndarray
     kind: DepthKind
     metric: bool
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    graph_basis_config: str = ""
 
     def __post_init__(self) -> None:
         if self.relative.ndim != 2:

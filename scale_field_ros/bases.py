@@ -40,6 +40,11 @@ class BasisConfig:
     source: str = "analytic"  # "analytic" (this module) or "learned" (a trained basis head, basis_head.py)
     checkpoint: str = ""  # basis head checkpoint for source "learned"
 
+    def maps_signature(self) -> str:
+        """The settings that shape the full family's maps: a graph exported with other ones is not used."""
+        keys = ("work_long_side", "poly_degree", "depth_bins", "feature_components", "feature_name")
+        return ";".join(f"{k}={getattr(self, k)}" for k in keys) + f";guided={self.guided_radius},{self.guided_eps:g}"
+
 
 @dataclass(frozen=True)
 class BasisSet:
@@ -188,6 +193,9 @@ def graph_family(out: BackboneOutput, config: BasisConfig, g, med: float, consta
     maps = out.features.get(BASES_OUTPUT)
     if maps is None or maps.ndim != 3:
         return None
+    if out.graph_basis_config != config.maps_signature():
+        _warn_graph_config(out.graph_basis_config, config.maps_signature())
+        return None
     fmap = pick_feature(out, config.feature_name) if config.feature_components > 0 else None
     names = list(position_maps((2, 2), config.poly_degree).names)
     n_pos = len(names)
@@ -204,6 +212,18 @@ def graph_family(out: BackboneOutput, config: BasisConfig, g, med: float, consta
     g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
     names_kept = tuple(n for n, k in zip(names, keep, strict=True) if k)
     return BasisSet(np.ascontiguousarray(maps[keep]), names_kept, g, g_work, med, constant, 3, "count")
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_graph_config(graph: str, wanted: str) -> None:
+    """Once per pair: the graph's bases are ignored (and built here) because its settings differ."""
+    import warnings
+
+    warnings.warn(
+        f"the backbone graph's bases were exported with basis settings [{graph or 'unknown'}], the pipeline asks for "
+        f"[{wanted}]: building the bases on the CPU instead (re-export with matching settings to use the graph's)",
+        stacklevel=3,
+    )
 
 
 def _tier_columns(names: tuple[str, ...], tier: int) -> np.ndarray:

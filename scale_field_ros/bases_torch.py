@@ -435,5 +435,10 @@ def with_bases(graph: nn.Module, meta, config: BasisConfig = BasisConfig()):  # 
     channels = 0 if index is None else int(outs[1 + index].shape[1])
     basis_names = family_names(config, channels)
     module = GraphWithBases(graph, meta.kind, config, index).eval()
-    out_meta = dataclasses.replace(meta, output_names=(*meta.output_names, *BASIS_OUTPUTS), basis_names=basis_names)
+    out_meta = dataclasses.replace(
+        meta,
+        output_names=(*meta.output_names, *BASIS_OUTPUTS),
+        basis_names=basis_names,
+        basis_config=config.maps_signature(),
+    )
     return module, out_meta

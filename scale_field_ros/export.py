@@ -27,6 +27,7 @@ MAX_DYNAMIC_SIDE = 2044  # largest dynamic side; TensorRT profiles and position-
 
 
 BASES_CHOICES = ("analytic", "none")
+BASES_CLI_CHOICES = ("auto", *BASES_CHOICES)
 
 
 def backbone_names() -> tuple[str, ...]:
@@ -178,10 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="fixed input height (as --width)")
     parser.add_argument(
         "--bases",
-        choices=BASES_CHOICES,
-        default="analytic",
+        choices=BASES_CLI_CHOICES,
+        default="auto",
         help="analytic: append the analytic basis maps (outputs bases, inv_rel_work; needs a fixed size); "
-        "none: backbone outputs only (any size)",
+        "none: backbone outputs only (any size); auto (default): analytic at a fixed size, none when dynamic",
     )
     parser.add_argument("--out", required=True, type=Path, help="output .onnx file")
 
@@ -193,9 +194,13 @@ def run(args: argparse.Namespace) -> int:
         from .fastdepth import INPUT_SIZE
 
         height = width = INPUT_SIZE  # the size FastDepth was trained at (its TFLite graph is fixed at it)
-    if args.bases == "analytic" and (height is None or width is None):
+    fixed = height is not None and width is not None
+    bases = args.bases if args.bases != "auto" else ("analytic" if fixed else "none")
+    if args.bases == "auto" and not fixed:
+        LOG.info("dynamic input size: exporting without the basis maps (they need a fixed size)")
+    if bases == "analytic" and not fixed:
         raise ValueError("--bases analytic needs a fixed input size (--width and --height); or use --bases none")
-    module, meta = build_graph(args.backbone, args.model, random_init=args.random_init, bases=args.bases)
+    module, meta = build_graph(args.backbone, args.model, random_init=args.random_init, bases=bases)
     meta = export_onnx(module, meta, args.out, height=height, width=width)
     size = "dynamic" if meta.fixed_hw is None else f"{meta.fixed_hw[1]}x{meta.fixed_hw[0]}"
     print(f"wrote {args.out} ({size} input; outputs {', '.join(meta.output_names)})")

@@ -50,6 +50,7 @@ class GraphMeta:
     output_names: tuple[str, ...]
     fixed_hw: tuple[int, int] | None = None  # (H, W) when exported at a fixed input size
     basis_names: tuple[str, ...] = ()  # names of the `bases` output's maps; () when the graph has no bases
+    basis_config: str = ""  # `BasisConfig.maps_signature()` the bases were built with
 
     def __post_init__(self) -> None:
         if not self.output_names or self.output_names[0] != RELATIVE_OUTPUT:
@@ -223,4 +224,10 @@ class GraphBackbone:
             relative_np = np.nan_to_num(relative_np, nan=0.0, posinf=0.0, neginf=0.0)
         if self.meta.kind is DepthKind.INVERSE_DEPTH:
             relative_np = np.maximum(relative_np, 0.0)  # bilinear resize keeps >= 0; guards engines without the ReLU
-        return BackboneOutput(relative=relative_np, kind=self.meta.kind, metric=self.meta.metric, features=features)
+        return BackboneOutput(
+            relative=relative_np,
+            kind=self.meta.kind,
+            metric=self.meta.metric,
+            features=features,
+            graph_basis_config=self.meta.basis_config,
+        )

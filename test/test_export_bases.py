@@ -135,3 +135,15 @@ def test_pipeline_uses_the_graph_bases(fastdepth_onnx):
             res = Pipeline(None, PipelineConfig(max_depth_m=cap)).process_output(o, draw.anchors)
             errors.append(compute_metrics(res.depth_m, draw.truth_depth_m, mask).absrel)
         assert errors[1] == pytest.approx(errors[0], abs=0.01), errors
+
+
+def test_graph_bases_with_other_settings_are_not_used(fastdepth_onnx):
+    """A graph exported with other basis settings: its maps are ignored with a warning, the CPU builds them."""
+    meta = read_graph_meta(fastdepth_onnx)
+    assert meta.basis_config == BasisConfig().maps_signature()
+    out = GraphBackbone(meta, OnnxRuntimeRunner(fastdepth_onnx, providers=["CPUExecutionProvider"])).infer(_images()[0])
+    other = BasisConfig(guided_radius=BasisConfig().guided_radius + 2)
+    with pytest.warns(UserWarning, match="basis settings"):
+        bases = build_bases(out, other, 1000)
+    assert bases.work_shape != tuple(out.features["bases"].shape[1:])  # built from the camera-resolution map
+    assert build_bases(out, BasisConfig(), 1000).work_shape == tuple(out.features["bases"].shape[1:])
