@@ -196,7 +196,9 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     folds, so clustered anchors (VIO corners) are held out together and a family that only fits where the
     anchors are, and extrapolates badly elsewhere, scores badly. Each rung is a ridge fit of the same model
     as the solver (relative residuals, weight prior `basis_rel_std`), with gross outliers of a median-scale
-    fit left out. The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
+    fit left out; scale only is held out as the median scaling it stands for, and a last candidate, scale and
+    shift in depth, as the robust depth-space alignment it stands for. Held-out errors are AbsRel in depth.
+    The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
     covering every cell skip the test (the full family is then always supported).
     """
     h, w = full.full_shape
