@@ -248,7 +248,9 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     folds, so clustered anchors (VIO corners) are held out together and a family that only fits where the
     anchors are, and extrapolates badly elsewhere, scores badly. Each rung is a ridge fit of the same model
     as the solver (relative residuals, weight prior `basis_rel_std`), with gross outliers of a median-scale
-    fit left out. The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
+    fit left out; scale only is held out as the median scaling it stands for, and a last candidate, scale and
+    shift in depth, as the robust depth-space alignment it stands for. Held-out errors are AbsRel in depth.
+    The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
     covering every cell skip the test (the full family is then always supported).
     """
     h, w = full.full_shape
@@ -288,25 +290,72 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     gram = [noise_prec * (a[fold == f].T @ a[fold == f]) for f in range(fold.max() + 1)]
     rhs = [noise_prec * a[fold == f].sum(axis=0) for f in range(fold.max() + 1)]
     g_all, r_all = sum(gram), sum(rhs)
-    errors = []
-    for _, cols in rungs:
-        err = 0.0
+    held = np.zeros((len(rungs), len(a)))  # each anchor's held-out error under each rung
+    for r, (_, cols) in enumerate(rungs):
         for f in range(len(gram)):
             m = (g_all - gram[f])[np.ix_(cols, cols)] + np.diag(prior_prec[cols])
             rhs_f = (r_all - rhs[f])[cols] + prior_prec[cols] * prior_mean[cols]
             try:
                 wts = np.linalg.solve(m, rhs_f)
             except np.linalg.LinAlgError:
-                err = np.inf
+                held[r] = np.inf
                 break
             pred = a[fold == f][:, cols] @ wts
-            err += float(np.sum(np.minimum(np.abs(np.log(np.maximum(pred, 1e-3))), 0.5)))
-        errors.append(err / max(len(a), 1))
-    best = min(errors)
+            held[r, fold == f] = _held_out_error(pred)
+    labels = [str(t) for t, _ in rungs]
+    d_good = 1.0 / y[good]
+    # scale only is median scaling (the scale the field then keeps): held out as such
+    r_good, g_good = ratio[good], g[good]
+    row_affine = np.zeros(len(a))
+    for f in range(len(gram)):
+        train, test = fold != f, fold == f
+        held[0, test] = _held_out_error(np.median(r_good[train]) / r_good[test])
+        aa, bb = _depth_affine(g_good[train], d_good[train])
+        d_pred = aa / g_good[test] + bb
+        row_affine[test] = _held_out_error(np.where(d_pred > 0, d_good[test] / np.maximum(d_pred, 1e-9), 1e-3))
+    # scale and shift in depth (the relative map aligned in depth, then median scaling): last in the order, so it
+    # is chosen only where it beats every rung of the field's own family by the tolerance (a relative map that
+    # is affine in depth rather than in inverse depth, or carries no usable structure)
+    held = np.vstack([held, row_affine])
+    labels.append("affine")
+    errors = held.mean(axis=1) if held.shape[1] else np.zeros(len(held))
     tolerance = config.select_tolerance + config.coverage_penalty * (1.0 - coverage)
-    pick = next(i for i, e in enumerate(errors) if e <= best * (1.0 + tolerance) + 1e-12)
-    why = f"cv (coverage {coverage:.2f}) " + " ".join(f"{t}:{e:.4f}" for (t, _), e in zip(rungs, errors, strict=True))
-    return dataclasses.replace(_restrict(full, rungs[pick][0], why, s0), coverage=coverage)
+    pick = next(i for i, e in enumerate(errors) if e <= errors.min() * (1.0 + tolerance) + 1e-12)
+    why = f"cv (coverage {coverage:.2f}) " + " ".join(f"{t}:{e:.4f}" for t, e in zip(labels, errors, strict=True))
+    if labels[pick] == "affine":
+        aa, bb = _depth_affine(g[good], d_good)
+        return dataclasses.replace(_depth_aligned(full, aa, bb, why + " -> depth affine"), coverage=coverage)
+    return dataclasses.replace(_restrict(full, int(labels[pick]), why, s0), coverage=coverage)
+
+
+def _depth_affine(g: np.ndarray, depth_m: np.ndarray) -> tuple[float, float]:
+    """Robust least squares depth_m ~ a / g + b (relative errors in depth): global alignment in depth."""
+    from .baselines import NOISE_REL, global_alignment
+
+    a, b, _ = global_alignment(1.0 / g, depth_m, NOISE_REL * depth_m)
+    return a, b
+
+
+def _depth_aligned(full: BasisSet, a: float, b: float, why: str) -> BasisSet:
+    """Scale only over the relative map aligned in depth: inverse depth g / (a + b g), the positive part of the
+    affine depth a / g + b (depth at the median g, a + b, bounds it below: a negative shift must not send
+    near pixels to zero depth)."""
+    floor = 0.05 * (a + b)
+    inv = full.inv_rel / np.maximum(a + b * full.inv_rel, np.float32(floor))
+    med = float(np.median(inv[::4, ::4]))
+    inv_rel = (inv / np.float32(med)).astype(np.float32)
+    h, w = full.work_shape
+    work = cv2.resize(inv_rel, (w, h), interpolation=cv2.INTER_AREA)
+    restricted = _restrict(full, -1, why, med)
+    return dataclasses.replace(restricted, inv_rel=inv_rel, inv_rel_work=work, scale_inv_rel=med)
+
+
+def _held_out_error(pred_rel: np.ndarray) -> np.ndarray:
+    """AbsRel of held-out anchors, |d_pred / d - 1| = |1 / pred_rel - 1| with pred_rel = predicted inverse depth
+    over the anchor's: the metric the output is judged by, which penalises depth overestimates without bound
+    (a clipped log error saturates on a bad frame and no longer tells the rungs apart). Capped at 1 so that one
+    gross outlier among few anchors does not decide the choice."""
+    return np.minimum(np.abs(1.0 / np.maximum(pred_rel, 1e-3) - 1.0), 1.0)
 
 
 def anchor_coverage(u: np.ndarray, v: np.ndarray, shape: tuple[int, int], cells: int = 8) -> float:

@@ -8,6 +8,7 @@ correction (residual_grid) multiplies the result: inv_depth_m *= exp(R(x)).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,23 @@ def anchor_design(bases: BasisSet, anchors: Anchors, noise_rel: float) -> Design
         target = 1.0 / anchors.depth_m.astype(np.float64)
         sigma = noise_rel * target / np.sqrt(anchors.weight.astype(np.float64))
     return Design(matrix, target, sigma, scale_index=0, shift_index=bases.k)
+
+
+def relative_to_fit(design: Design, weights: np.ndarray) -> Design:
+    """The anchors' sigma relative to the fitted inverse depth p instead of the anchor's own y: the residual
+    (y - p) / p = d_fit / d - 1 is then the relative error in depth (the AbsRel the output is judged by).
+    Relative to the anchor, (y - p) / y = 1 - d / d_fit costs at most 1 however far the fit overestimates a
+    depth, so a model that cannot fit the anchors (few of them, a poor relative map) drifts to far depths.
+    The pipeline refits once with it; where the model fits, both are the same to first order."""
+    return dataclasses.replace(
+        design, sigma=design.sigma * fit_relative_factor(NUMPY, design.matrix @ weights, design.target)
+    )
+
+
+def fit_relative_factor(xp, fitted, target):
+    """fitted / target, bounded to [1e-2, 1e2] (1 where the target is not positive): see `relative_to_fit`."""
+    safe = xp.where(target > 0, target, 1.0)
+    return xp.where(target > 0, xp.clip(fitted / safe, 1e-2, 1e2), 1.0)
 
 
 def loose_prior(bases: BasisSet, config: PriorConfig) -> Prior:

@@ -15,13 +15,14 @@ the Jacobi-scaled matrix with a small jitter, retried with a larger one where th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .field import PriorConfig, compose_arrays, prior_moments
+from .field import PriorConfig, compose_arrays, fit_relative_factor, prior_moments
 from .solver import FitLevel, SolverConfig
 
 LADDER = (FitLevel.FULL, FitLevel.SCALE_SHIFT, FitLevel.SCALE, FitLevel.PRIOR)  # index = level code
@@ -370,6 +371,18 @@ def fit_field(
     ga = solve(design, loose, solver_config, FitLevel.SCALE_SHIFT, robust)
     prior = prior_around(ga.weights[:, 0], ga.weights[:, -1], scale_inv_rel, k, prior_config, *family)
     fit = solve(design, prior, solver_config, FitLevel.FULL, robust)
+    # as the pipeline: refit with sigma relative to the fitted inverse depth (field.relative_to_fit)
+    fitted = (design.matrix @ fit.weights[..., None])[..., 0]
+    factor = fit_relative_factor(TorchOps(fitted.dtype, fitted.device), fitted, design.target)
+    refit = solve(dataclasses.replace(design, sigma=design.sigma * factor), prior, solver_config, FitLevel.FULL, robust)
+    keep = fit.level == 3  # the field fit fell to the prior: nothing to refit
+    fit = TorchFit(
+        torch.where(keep[:, None], fit.weights, refit.weights),
+        torch.where(keep[:, None, None], fit.covariance, refit.covariance),
+        torch.where(keep[:, None], fit.inliers, refit.inliers),
+        torch.where(keep, fit.level, refit.level),
+        torch.where(keep, fit.n_inliers, refit.n_inliers),
+    )
     # as the pipeline: a failed field fit falls back to the global alignment
     use_ga = (fit.level == 3) & (ga.level != 3)
     return TorchFit(

@@ -17,7 +17,7 @@ import numpy as np
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
 from .bases import BasisConfig, BasisSet, bases_provider, sample_maps, tier_for
-from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around
+from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
@@ -271,6 +271,8 @@ class Pipeline:
         else:
             level, why = FitLevel.FULL, ""
         fit = _explained(solve(design, initial, cfg.solver, level), why)
+        if fit.level is not FitLevel.PRIOR:
+            fit = _explained(solve(relative_to_fit(design, fit.weights), initial, cfg.solver, level), why)
         if fit.level is FitLevel.PRIOR and ga.level is not FitLevel.PRIOR:
             fit = dataclasses.replace(ga, fallback_reason=fit.fallback_reason or "field fit failed")
         return initial, fit, level, why
