@@ -287,32 +287,43 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     prior_prec[0] = prior_prec[k] = 1.0 / 9.0
     prior_mean = np.zeros(k + 1)
     prior_mean[0] = 1.0
-    gram = [noise_prec * (a[fold == f].T @ a[fold == f]) for f in range(fold.max() + 1)]
-    rhs = [noise_prec * a[fold == f].sum(axis=0) for f in range(fold.max() + 1)]
-    g_all, r_all = sum(gram), sum(rhs)
+    n_folds = int(fold.max()) + 1
+    member = (fold[None, :] == np.arange(n_folds)[:, None]).astype(np.float64)  # (F, n) one-hot of the folds
+    gram_fold = noise_prec * ((a.T[None] * member[:, None, :]) @ a)  # (F, K+1, K+1), each fold's own rows
+    rhs_fold = noise_prec * (member @ a)  # (F, K+1)
+    gram_train = gram_fold.sum(axis=0) - gram_fold  # each fold's training set: every other fold
+    rhs_train = rhs_fold.sum(axis=0) - rhs_fold
     held = np.zeros((len(rungs), len(a)))  # each anchor's held-out error under each rung
-    for r, (_, cols) in enumerate(rungs):
-        for f in range(len(gram)):
-            m = (g_all - gram[f])[np.ix_(cols, cols)] + np.diag(prior_prec[cols])
-            rhs_f = (r_all - rhs[f])[cols] + prior_prec[cols] * prior_mean[cols]
-            try:
-                wts = np.linalg.solve(m, rhs_f)
-            except np.linalg.LinAlgError:
-                held[r] = np.inf
-                break
-            pred = a[fold == f][:, cols] @ wts
-            held[r, fold == f] = _held_out_error(pred)
+    for r, (_, cols) in enumerate(rungs[1:], start=1):  # rung -1 is held out as median scaling below
+        m = gram_train[:, cols[:, None], cols] + np.diag(prior_prec[cols])
+        rhs_f = rhs_train[:, cols] + prior_prec[cols] * prior_mean[cols]
+        try:
+            wts = np.linalg.solve(m, rhs_f[..., None])[..., 0]  # (F, cols): all folds in one batched solve
+        except np.linalg.LinAlgError:
+            held[r] = np.inf
+            continue
+        held[r] = _held_out_error(np.einsum("nk,nk->n", a[:, cols], wts[fold]))
     labels = [str(t) for t, _ in rungs]
     d_good = 1.0 / y[good]
-    # scale only is median scaling (the scale the field then keeps): held out as such
     r_good, g_good = ratio[good], g[good]
-    row_affine = np.zeros(len(a))
-    for f in range(len(gram)):
-        train, test = fold != f, fold == f
-        held[0, test] = _held_out_error(np.median(r_good[train]) / r_good[test])
-        aa, bb = _depth_affine(g_good[train], d_good[train])
-        d_pred = aa / g_good[test] + bb
-        row_affine[test] = _held_out_error(np.where(d_pred > 0, d_good[test] / np.maximum(d_pred, 1e-9), 1e-3))
+    # scale only is median scaling (the scale the field then keeps): held out as such
+    for f in range(n_folds):
+        test = fold == f
+        held[0, test] = _held_out_error(np.median(r_good[~test]) / r_good[test])
+    # scale and shift in depth, d = a / g + b, weighted least squares per fold like the rungs' ridge fits (the
+    # gross outliers are out already); chosen, it is fitted robustly on all anchors (`_depth_affine`)
+    rows = np.stack([1.0 / (g_good * d_good), 1.0 / d_good], axis=1)  # (a, b) -> predicted depth / depth
+    a0 = float(np.median(d_good * g_good))
+    prior_affine = np.array([1.0 / (1e3 * a0) ** 2, 1.0 / (1e3 * a0) ** 2])  # as global_alignment's: barely there
+    gram2 = (rows.T[None] * member[:, None, :]) @ rows
+    m2 = gram2.sum(axis=0) - gram2 + np.diag(prior_affine)
+    rhs2 = (rows.sum(axis=0) - member @ rows) + prior_affine * np.array([a0, 0.0])
+    try:
+        ab = np.linalg.solve(m2, rhs2[..., None])[..., 0][fold]  # (n, 2): each anchor's training-fold fit
+        d_pred = ab[:, 0] / g_good + ab[:, 1]
+        row_affine = _held_out_error(np.where(d_pred > 0, d_good / np.maximum(d_pred, 1e-9), 1e-3))
+    except np.linalg.LinAlgError:
+        row_affine = np.full(len(a), np.inf)
     # scale and shift in depth (the relative map aligned in depth, then median scaling): last in the order, so it
     # is chosen only where it beats every rung of the field's own family by the tolerance (a relative map that
     # is affine in depth rather than in inverse depth, or carries no usable structure)

@@ -19,7 +19,7 @@ from .backbone import Backbone, BackboneOutput
 from .bases import BasisConfig, BasisSet, bases_provider, sample_maps, tier_for
 from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
-from .solver import FitLevel, FitResult, Prior, SolverConfig, solve
+from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
 
 _FAMILY_VOTES = 5  # the filter's basis family is the median of this many frames' own choices
@@ -169,7 +169,7 @@ class Pipeline:
         t1 = time.perf_counter()
 
         design = anchor_design(bases, clean, cfg.noise_rel)
-        initial, fit, level, why = self._frame_fit(bases, design)
+        initial, fit, level, why, design = self._frame_fit(bases, design)
         t_filter = 0.0
         reset_reason, nis_per_dof = "", 0.0
         if use_filter:
@@ -259,9 +259,11 @@ class Pipeline:
             held = dataclasses.replace(held, coverage=own.coverage)  # how far these anchors reach
         return held, own
 
-    def _frame_fit(self, bases, design) -> tuple[Prior, FitResult, FitLevel, str]:
-        """The frame on its own (the result without the filter): global alignment, then the field around it.
-        Returns the field's prior, the fit, the level asked for and why it is not FULL."""
+    def _frame_fit(self, bases, design) -> tuple[Prior, FitResult, FitLevel, str, Design]:
+        """The frame on its own (the result without the filter): global alignment, then the field around it,
+        refitted once with the anchors' errors relative to that fit (`relative_to_fit`: AbsRel's error).
+        Returns the field's prior, the fit, the level asked for, why it is not FULL, and the design the fit
+        was solved with (what the filter and the innovation test must use with it)."""
         cfg = self.config
         # global alignment first (the scale-shift rung from a loose prior), then the field around it
         ga = solve(design, loose_prior(bases, cfg.prior), cfg.solver, FitLevel.SCALE_SHIFT)
@@ -272,10 +274,11 @@ class Pipeline:
             level, why = FitLevel.FULL, ""
         fit = _explained(solve(design, initial, cfg.solver, level), why)
         if fit.level is not FitLevel.PRIOR:
-            fit = _explained(solve(relative_to_fit(design, fit.weights), initial, cfg.solver, level), why)
+            design = relative_to_fit(design, fit.weights)
+            fit = _explained(solve(design, initial, cfg.solver, level), why)
         if fit.level is FitLevel.PRIOR and ga.level is not FitLevel.PRIOR:
             fit = dataclasses.replace(ga, fallback_reason=fit.fallback_reason or "field fit failed")
-        return initial, fit, level, why
+        return initial, fit, level, why, design
 
     def _filter_weights(
         self,
@@ -312,7 +315,7 @@ class Pipeline:
                 self._forget_family()  # the local correction goes too
                 if own is not bases:  # the held family belonged to the old scene
                     bases, design = own, anchor_design(own, clean, self.config.noise_rel)
-                    initial, fit, level, why = self._frame_fit(own, design)
+                    initial, fit, level, why, design = self._frame_fit(own, design)
                 if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), self.config.basis) >= 1:
                     self._votes.append(own.tier)
                 if not getattr(own, "shift_free", True):
