@@ -66,6 +66,7 @@ class BasisSet:
     selection: str = ""  # how the tier was chosen (count ladder, or the cross-validation errors)
     scale_hint: float = 0.0  # tier -1: the median anchor ratio (1/depth) / g, which the field then keeps
     coverage: float = 1.0  # how evenly the anchors cover the image (1: like uniform random anchors)
+    family: BasisSet | None = None  # the count's full family this set was selected from (None: it is that family)
 
     @property
     def shift_free(self) -> bool:
@@ -156,7 +157,19 @@ def build_bases(out: BackboneOutput, config: BasisConfig, n_anchors: int, anchor
         full = _build_family(out, config, tier, constant, g, g_work, np.log(g_work), med)
     if anchors is None or not config.select or len(anchors) == 0:
         return full
-    return select_tier(full, anchors, config)
+    chosen = select_tier(full, anchors, config)
+    same = chosen.maps is full.maps and chosen.inv_rel is full.inv_rel
+    return chosen if same else dataclasses.replace(chosen, family=full)
+
+
+def family_for_tier(bases: BasisSet, tier: int) -> BasisSet | None:
+    """The family of basis tier `tier` (0 .. 3) for the frame `bases` was built for, cut from the full family it
+    was selected from (the same maps `build_bases` would build for that tier), or None when that family is
+    smaller than `tier`."""
+    full = bases.family if bases.family is not None else bases
+    if tier < 0 or tier > full.tier or full.tier < 0:
+        return None
+    return _restrict(full, tier, "held")
 
 
 def _build_family(out, config, tier, constant, g, g_work, log_g, med) -> BasisSet:

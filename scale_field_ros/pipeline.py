@@ -16,7 +16,7 @@ import numpy as np
 
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
-from .bases import BasisConfig, BasisSet, bases_provider, sample_maps, tier_for
+from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
 from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
@@ -254,7 +254,10 @@ class Pipeline:
         tier = sorted(self._votes)[len(self._votes) // 2] if self._votes else self._tier
         if own.tier == tier and (own.names == self._names or tier != self._tier):
             return own, own
-        held = self.bases_fn(out, cfg.basis, _anchor_count_for_tier(tier, len(clean), cfg.basis), None)
+        # analytic bases: the held tier is cut from this frame's full family (the maps build_bases would build)
+        held = family_for_tier(own, tier) if self.bases_fn is build_bases else None
+        if held is None:
+            held = self.bases_fn(out, cfg.basis, _anchor_count_for_tier(tier, len(clean), cfg.basis), None)
         if hasattr(held, "coverage") and hasattr(own, "coverage"):
             held = dataclasses.replace(held, coverage=own.coverage)  # how far these anchors reach
         return held, own
