@@ -98,10 +98,13 @@ def solve(
     y = np.asarray(design.target, np.float64)
     sigma = np.asarray(design.sigma, np.float64)
     n_all = len(y)
-    usable = np.all(np.isfinite(a), axis=1) & np.isfinite(y) & np.isfinite(sigma) & (sigma > 0)
+    usable = np.isfinite(a).all(axis=1) & np.isfinite(y) & np.isfinite(sigma) & (sigma > 0)
+    every = bool(usable.all())  # the usual case: no row copies below
 
     asked = level
-    level, reason = _choose_level(a[usable, design.scale_index], design, config, level)
+    level, reason = _choose_level(
+        a[:, design.scale_index] if every else a[usable, design.scale_index], design, config, level
+    )
     free = _free_columns(level, len(mean0), design)
     if level is FitLevel.PRIOR or not free.any():
         residuals = np.where(usable, y - a @ mean0, 0.0) if n_all else np.zeros(0)
@@ -109,30 +112,34 @@ def solve(
             mean0, cov0, np.nan_to_num(residuals), reason or ("" if asked is FitLevel.PRIOR else "no usable anchors")
         )
 
-    idx = np.flatnonzero(usable)
+    idx = slice(None) if every else np.flatnonzero(usable)
     a_u, y_u, s_u = a[idx], y[idx], sigma[idx]
+    all_free = bool(free.all())
     # Conditioning on the fixed columns: they stay at the prior mean and move the target.
-    a_f = a_u[:, free]
-    y_f = y_u - a_u[:, ~free] @ mean0[~free]
+    a_f = a_u if all_free else a_u[:, free]
+    y_f = y_u if all_free else y_u - a_u[:, ~free] @ mean0[~free]
     mean_f, cov_f = mean0[free], cov0[np.ix_(free, free)]
     prec_prior = _inverse_spd(cov_f)
     eta_prior = prec_prior @ mean_f
+    # rows normalised by their sigma once: residuals are then in sigmas, the normal matrix a plain weighted Gram
+    inv_s = 1.0 / s_u
+    a_n = a_f * inv_s[:, None]
+    y_n = y_f * inv_s
 
     w = mean_f.copy()
-    robust = np.ones(len(idx))
-    keep = np.ones(len(idx), bool)
-    scale = 1.0
+    keep = np.ones(len(y_n), bool)
     for it in range(max(config.irls_iterations, 1) + 1):
-        u = (y_f - a_f @ w) / s_u
+        u = y_n - a_n @ w
         scale = _robust_scale(u[keep] if it else u)
-        z = np.abs(u) / scale
+        z = np.abs(u) * (1.0 / scale)
         keep = z < config.outlier_sigmas
-        if keep.sum() < 1:
+        if not keep.any():
             keep = z <= np.median(z)
-        robust = np.where(keep, np.minimum(1.0, config.huber_k / np.maximum(z, 1e-12)), 0.0)
-        wt = robust / (s_u * scale) ** 2
-        prec = prec_prior + (a_f * wt[:, None]).T @ a_f
-        w_new = _solve_spd(prec, eta_prior + a_f.T @ (wt * y_f))
+        robust = np.minimum(1.0, config.huber_k / np.maximum(z, 1e-12))
+        robust[~keep] = 0.0
+        weighted = a_n * (robust * (1.0 / scale**2))[:, None]
+        prec = prec_prior + weighted.T @ a_n
+        w_new = _solve_spd(prec, eta_prior + weighted.T @ y_n)
         if not np.all(np.isfinite(w_new)):
             break
         converged = np.max(np.abs(w_new - w)) <= config.irls_tolerance * (1e-12 + np.max(np.abs(w_new)))
@@ -143,15 +150,20 @@ def solve(
 
     weights = mean0.copy()
     weights[free] = w
-    cov = cov0.copy()
-    cov[np.ix_(free, free)] = cov_post_f
-    cov[np.ix_(free, ~free)] = 0.0
-    cov[np.ix_(~free, free)] = 0.0
-    residuals = np.zeros(n_all)
-    residuals[idx] = y_u - a_u @ weights
-    inliers = np.zeros(n_all, bool)
-    inliers[idx] = keep
-    norm = residuals[idx][keep] / s_u[keep]
+    if all_free:
+        cov = cov_post_f
+    else:
+        cov = cov0.copy()
+        cov[np.ix_(free, free)] = cov_post_f
+        cov[np.ix_(free, ~free)] = 0.0
+        cov[np.ix_(~free, free)] = 0.0
+    fitted_residuals = y_u - a_u @ weights
+    residuals = fitted_residuals if every else np.zeros(n_all)
+    inliers = keep if every else np.zeros(n_all, bool)
+    if not every:
+        residuals[idx] = fitted_residuals
+        inliers[idx] = keep
+    norm = (fitted_residuals * inv_s)[keep]
     rms = float(np.sqrt(np.mean(norm**2))) if keep.any() else 0.0
     if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(cov))):
         return _prior_fit(mean0, cov0, np.zeros(n_all), "numerical failure in the solve")
