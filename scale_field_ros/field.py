@@ -145,6 +145,24 @@ def compose(
     return FieldEstimate(depth, std_m, scale_field, inv)
 
 
+def blend_median(est: FieldEstimate, bases: BasisSet, min_depth_m: float, max_depth_m: float) -> FieldEstimate:
+    """The frame's estimate averaged with median scaling in depth (`bases.blend`, see `select_tier`); the std is
+    the mixture's: each part's own variance (median scaling: its held-out relative RMS error) plus the spread
+    between them. Without a blend, `est` itself."""
+    blend = getattr(bases, "blend", None)
+    if blend is None or not (blend.weight > 0 and np.isfinite(blend.scale) and blend.scale > 0):
+        return est
+    w = np.float32(min(blend.weight, 1.0))
+    g = (bases.family if bases.family is not None else bases).inv_rel
+    inv_med = np.clip(np.float32(blend.scale) * g, np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m))
+    depth_med = np.reciprocal(inv_med)
+    spread = est.depth_m - depth_med
+    depth = est.depth_m - w * spread  # (1 - w) field + w median
+    var = (1 - w) * est.std_m**2 + w * (np.float32(blend.rel_rms) * depth_med) ** 2 + (w * (1 - w)) * spread**2
+    inv = np.reciprocal(depth)
+    return FieldEstimate(depth, np.sqrt(var), inv / bases.inv_rel, inv)
+
+
 def compose_arrays(
     xp, maps, inv_rel, inv_rel_work, weights, covariance, min_depth_m, max_depth_m, log_factor_work, var_log_work
 ):
