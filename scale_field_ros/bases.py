@@ -279,7 +279,8 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     covering every cell skip the test (the full family is then always supported).
 
     A richer pick is not trusted alone: few or clustered anchors score it on a handful of held-out points, and
-    a tilt that fits them can still extrapolate badly over the image. The frame's output averages it with
+    a tilt that fits them can still extrapolate badly over the image. The frame's output (where no local
+    correction is added, `pipeline.py`: the output is then the rung that was scored) averages it with
     median scaling, weighted by the inverse of each one's held-out mean squared error (Bates and Granger's
     forecast combination: no weight to tune, and median scaling fades as the pick's held-out error drops below
     its own). The weights are the frame's own; the temporal filter keeps the single pick (`MedianBlend`).

@@ -148,19 +148,26 @@ def compose(
 def blend_median(est: FieldEstimate, bases: BasisSet, min_depth_m: float, max_depth_m: float) -> FieldEstimate:
     """The frame's estimate averaged with median scaling in depth (`bases.blend`, see `select_tier`); the std is
     the mixture's: each part's own variance (median scaling: its held-out relative RMS error) plus the spread
-    between them. Without a blend, `est` itself."""
+    between them. Without a blend, `est` itself. The arrays of `est` are reused in place (fresh full-resolution
+    arrays cost page faults), so `est` must not be used afterwards."""
     blend = getattr(bases, "blend", None)
     if blend is None or not (blend.weight > 0 and np.isfinite(blend.scale) and blend.scale > 0):
         return est
-    w = np.float32(min(blend.weight, 1.0))
+    w = min(float(blend.weight), 1.0)
     g = (bases.family if bases.family is not None else bases).inv_rel
-    inv_med = np.clip(np.float32(blend.scale) * g, np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m))
-    depth_med = np.reciprocal(inv_med)
-    spread = est.depth_m - depth_med
-    depth = est.depth_m - w * spread  # (1 - w) field + w median
-    var = (1 - w) * est.std_m**2 + w * (np.float32(blend.rel_rms) * depth_med) ** 2 + (w * (1 - w)) * spread**2
-    inv = np.reciprocal(depth)
-    return FieldEstimate(depth, np.sqrt(var), inv / bases.inv_rel, inv)
+    depth_med = np.multiply(g, np.float32(blend.scale))
+    np.clip(depth_med, np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m), out=depth_med)
+    np.reciprocal(depth_med, out=depth_med)
+    var = np.square(est.std_m, out=est.std_m)
+    var *= np.float32(1.0 - w)
+    tmp = np.multiply(depth_med, np.float32(blend.rel_rms * np.sqrt(w)))
+    var += np.square(tmp, out=tmp)
+    spread = np.subtract(est.depth_m, depth_med, out=tmp)
+    depth = est.depth_m
+    depth -= np.multiply(spread, np.float32(w), out=depth_med)  # (1 - w) field + w median
+    var += np.square(spread, out=spread) * np.float32(w * (1.0 - w))
+    inv = np.reciprocal(depth, out=est.inv_depth)
+    return FieldEstimate(depth, np.sqrt(var, out=var), np.divide(inv, bases.inv_rel, out=est.scale_field), inv)
 
 
 def compose_arrays(

@@ -201,7 +201,9 @@ class Pipeline:
                 local = self._filter_local(local, carried, misfit, stamp_s)
             t_filter += time.perf_counter() - tf
         est = compose(bases, fit.weights, fit.covariance, cfg.min_depth_m, cfg.max_depth_m, local, misfit)
-        if alone:  # the frame on its own: its pick averaged with median scaling (`select_tier`)
+        if alone and local is None:
+            # the frame on its own: its pick averaged with median scaling (`select_tier`); not with a local
+            # correction, which changes the output beyond the rung whose held-out error sets the weights
             est = blend_median(est, bases, cfg.min_depth_m, cfg.max_depth_m)
         std_m = est.std_m
         coasting = coast_exceeded = False
