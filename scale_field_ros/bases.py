@@ -47,6 +47,17 @@ class BasisConfig:
 
 
 @dataclass(frozen=True)
+class MedianBlend:
+    """Median scaling averaged into the frame's output (see `select_tier`): its weight, its scale s0 (inverse
+    depth s0 * g over the relative map the set was selected on, `BasisSet.family` or the set itself) and its
+    held-out relative RMS error (its share of the published std)."""
+
+    weight: float
+    scale: float
+    rel_rms: float
+
+
+@dataclass(frozen=True)
 class BasisSet:
     """Bases of one frame plus the relative inverse depth they multiply.
 
@@ -67,6 +78,7 @@ class BasisSet:
     scale_hint: float = 0.0  # tier -1: the median anchor ratio (1/depth) / g, which the field then keeps
     coverage: float = 1.0  # how evenly the anchors cover the image (1: like uniform random anchors)
     family: BasisSet | None = None  # the count's full family this set was selected from (None: it is that family)
+    blend: MedianBlend | None = None  # the frame alone: median scaling averaged into the output (`select_tier`)
 
     @property
     def shift_free(self) -> bool:
@@ -265,7 +277,62 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     shift in depth, as the robust depth-space alignment it stands for. Held-out errors are AbsRel in depth.
     The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
     covering every cell skip the test (the full family is then always supported).
+
+    A richer pick is not trusted alone: few or clustered anchors score it on a handful of held-out points, and
+    a tilt that fits them can still extrapolate badly over the image. The frame's output (where no local
+    correction is added, `pipeline.py`: the output is then the rung that was scored) averages it with
+    median scaling, weighted by the inverse of each one's held-out mean squared error (Bates and Granger's
+    forecast combination: no weight to tune, and median scaling fades as the pick's held-out error drops below
+    its own). The weights are the frame's own; the temporal filter keeps the single pick (`MedianBlend`).
     """
+    cv = cross_validate(full, anchors, config, basis_rel_std)
+    if isinstance(cv, BasisSet):
+        return cv
+    errors = cv.errors.mean(axis=1) if cv.errors.shape[1] else np.zeros(len(cv.labels))
+    tolerance = config.select_tolerance + config.coverage_penalty * (1.0 - cv.coverage)
+    pick = next(i for i, e in enumerate(errors) if e <= errors.min() * (1.0 + tolerance) + 1e-12)
+    chosen = candidate(full, cv, pick)
+    if pick == 0 or not cv.errors.shape[1]:
+        return chosen
+    mse = np.maximum(np.mean(cv.errors[[0, pick]] ** 2, axis=1), 1e-12)
+    weight = float(mse[1] / (mse[0] + mse[1]))  # (1 / mse_median) / (1 / mse_median + 1 / mse_pick)
+    return dataclasses.replace(chosen, blend=MedianBlend(weight, cv.s0, float(np.sqrt(mse[0]))))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The candidates of `select_tier` scored on one frame's anchors by blocked cross-validation.
+
+    labels: "-1" (median scaling), "0" (scale and shift), "1".."3" (tiers), "affine" (depth-affine alignment).
+    errors: (candidates, anchors) each anchor's held-out AbsRel (gross outliers left out).
+    s0: the median anchor ratio (1/depth) / g. g, depth_m: g and depth at the anchors that were kept."""
+
+    labels: tuple[str, ...]
+    errors: np.ndarray
+    coverage: float
+    s0: float
+    g: np.ndarray
+    depth_m: np.ndarray
+
+    def why(self) -> str:
+        errors = self.errors.mean(axis=1) if self.errors.shape[1] else np.zeros(len(self.labels))
+        return f"cv (coverage {self.coverage:.2f}) " + " ".join(
+            f"{t}:{e:.4f}" for t, e in zip(self.labels, errors, strict=True)
+        )
+
+
+def candidate(full: BasisSet, cv: HeldOut, index: int) -> BasisSet:
+    """The basis set of candidate `index` of `cv` (see `HeldOut.labels`), fitted on all anchors."""
+    why = cv.why()
+    if cv.labels[index] == "affine":
+        aa, bb = _depth_affine(cv.g, cv.depth_m)
+        return dataclasses.replace(_depth_aligned(full, aa, bb, why + " -> depth affine"), coverage=cv.coverage)
+    return dataclasses.replace(_restrict(full, int(cv.labels[index]), why, cv.s0), coverage=cv.coverage)
+
+
+def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: float = 0.3) -> HeldOut | BasisSet:
+    """The held-out errors of `select_tier`'s candidates, or the set itself where no test is needed (many
+    anchors over every cell: the full family) or possible (anchors in one cell: median scaling)."""
     h, w = full.full_shape
     u = np.asarray(anchors.u, np.float64)
     v = np.asarray(anchors.v, np.float64)
@@ -342,14 +409,7 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     # is affine in depth rather than in inverse depth, or carries no usable structure)
     held = np.vstack([held, row_affine])
     labels.append("affine")
-    errors = held.mean(axis=1) if held.shape[1] else np.zeros(len(held))
-    tolerance = config.select_tolerance + config.coverage_penalty * (1.0 - coverage)
-    pick = next(i for i, e in enumerate(errors) if e <= errors.min() * (1.0 + tolerance) + 1e-12)
-    why = f"cv (coverage {coverage:.2f}) " + " ".join(f"{t}:{e:.4f}" for t, e in zip(labels, errors, strict=True))
-    if labels[pick] == "affine":
-        aa, bb = _depth_affine(g[good], d_good)
-        return dataclasses.replace(_depth_aligned(full, aa, bb, why + " -> depth affine"), coverage=coverage)
-    return dataclasses.replace(_restrict(full, int(labels[pick]), why, s0), coverage=coverage)
+    return HeldOut(tuple(labels), held, coverage, s0, g[good], d_good)
 
 
 def _depth_affine(g: np.ndarray, depth_m: np.ndarray) -> tuple[float, float]:

@@ -145,6 +145,31 @@ def compose(
     return FieldEstimate(depth, std_m, scale_field, inv)
 
 
+def blend_median(est: FieldEstimate, bases: BasisSet, min_depth_m: float, max_depth_m: float) -> FieldEstimate:
+    """The frame's estimate averaged with median scaling in depth (`bases.blend`, see `select_tier`); the std is
+    the mixture's: each part's own variance (median scaling: its held-out relative RMS error) plus the spread
+    between them. Without a blend, `est` itself. The arrays of `est` are reused in place (fresh full-resolution
+    arrays cost page faults), so `est` must not be used afterwards."""
+    blend = getattr(bases, "blend", None)
+    if blend is None or not (blend.weight > 0 and np.isfinite(blend.scale) and blend.scale > 0):
+        return est
+    w = min(float(blend.weight), 1.0)
+    g = (bases.family if bases.family is not None else bases).inv_rel
+    depth_med = np.multiply(g, np.float32(blend.scale))
+    np.clip(depth_med, np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m), out=depth_med)
+    np.reciprocal(depth_med, out=depth_med)
+    var = np.square(est.std_m, out=est.std_m)
+    var *= np.float32(1.0 - w)
+    tmp = np.multiply(depth_med, np.float32(blend.rel_rms * np.sqrt(w)))
+    var += np.square(tmp, out=tmp)
+    spread = np.subtract(est.depth_m, depth_med, out=tmp)
+    depth = est.depth_m
+    depth -= np.multiply(spread, np.float32(w), out=depth_med)  # (1 - w) field + w median
+    var += np.square(spread, out=spread) * np.float32(w * (1.0 - w))
+    inv = np.reciprocal(depth, out=est.inv_depth)
+    return FieldEstimate(depth, np.sqrt(var, out=var), np.divide(inv, bases.inv_rel, out=est.scale_field), inv)
+
+
 def compose_arrays(
     xp, maps, inv_rel, inv_rel_work, weights, covariance, min_depth_m, max_depth_m, log_factor_work, var_log_work
 ):

@@ -17,7 +17,7 @@ import numpy as np
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
 from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
-from .field import PriorConfig, anchor_design, compose, loose_prior, prior_around, relative_to_fit
+from .field import PriorConfig, anchor_design, blend_median, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
@@ -172,10 +172,13 @@ class Pipeline:
         initial, fit, level, why, design = self._frame_fit(bases, design)
         t_filter = 0.0
         reset_reason, nis_per_dof = "", 0.0
+        alone = True  # the published fit is this frame's own (no filter, or its state born or reborn here)
         if use_filter:
             tf = time.perf_counter()
+            alone = self._filter.state is None
             step = self._filter_weights(design, bases, own, clean, initial, fit, level, why, stamp_s)
             bases, design, fit, reset_reason, nis_per_dof = step
+            alone = alone or bool(reset_reason)
             t_filter += time.perf_counter() - tf
         local = None
         carried = self._local_filter.current(bases.work_shape) if use_filter and cfg.local.enabled else None
@@ -198,6 +201,10 @@ class Pipeline:
                 local = self._filter_local(local, carried, misfit, stamp_s)
             t_filter += time.perf_counter() - tf
         est = compose(bases, fit.weights, fit.covariance, cfg.min_depth_m, cfg.max_depth_m, local, misfit)
+        if alone and local is None:
+            # the frame on its own: its pick averaged with median scaling (`select_tier`); not with a local
+            # correction, which changes the output beyond the rung whose held-out error sets the weights
+            est = blend_median(est, bases, cfg.min_depth_m, cfg.max_depth_m)
         std_m = est.std_m
         coasting = coast_exceeded = False
         coast_s = 0.0

@@ -92,3 +92,30 @@ def test_config_from_flat_dict():
         PipelineConfig.from_dict({"basis_no_such_thing": 1})
     with pytest.raises(ValueError):
         PipelineConfig(min_depth_m=5.0, max_depth_m=1.0)
+
+
+def test_a_richer_pick_on_few_anchors_is_averaged_with_median_scaling():
+    from scale_field_ros.bases import build_bases
+
+    frame, out = infer("nyu", 2)
+    h, w = out.shape
+    for seed in range(20):  # VIO corners, where the cross-validation picks more than a scale
+        anchors = draw_anchors(frame, "vio", 10, seed=seed).anchors
+        clean = anchors.sanitized(w, h, NYU.min_depth_m, NYU.max_depth_m)
+        bases = build_bases(out, NYU.basis, len(clean), clean)
+        if bases.blend is not None:
+            break
+    else:
+        pytest.fail("no frame among 20 draws picked more than median scaling")
+    assert 0.0 < bases.blend.weight < 1.0
+    blended = Pipeline(None, NYU).process_output(out, anchors)
+    _check_output(blended, out.shape)
+    pick_alone = dataclasses.replace(bases, blend=None)
+    single = Pipeline(None, NYU, bases_fn=lambda *a: pick_alone).process_output(out, anchors)
+    median = BASELINES["median"](out, anchors, NYU.min_depth_m, NYU.max_depth_m)
+    lo, hi = np.minimum(single.depth_m, median), np.maximum(single.depth_m, median)
+    assert np.all(blended.depth_m >= lo * (1 - 1e-4)) and np.all(blended.depth_m <= hi * (1 + 1e-4))
+    assert np.abs(blended.depth_m - single.depth_m).max() > 1e-3  # not the pick alone
+    # the mixture's std holds the spread between its parts
+    spread = np.abs(single.depth_m - median)
+    assert np.all(blended.std_m >= np.sqrt(bases.blend.weight * (1 - bases.blend.weight)) * spread * (1 - 1e-3))
