@@ -99,7 +99,7 @@ def run_node_over_dds(bag: Path, values: dict, backbone, domain_id: int, rate: f
     import threading
 
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from .bagio import read_messages
@@ -117,7 +117,7 @@ def run_node_over_dds(bag: Path, values: dict, backbone, domain_id: int, rate: f
                               cli_args=["--ros-args", *remaps])  # fmt: skip
         player = rclpy.create_node("scale_field_demo_player", context=context)
         recorder = OutputRecorder(player)
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        executor = SingleThreadedExecutor(context=context)  # inputs only: the node infers in its own thread
         executor.add_node(node)
         executor.add_node(player)
         thread = threading.Thread(target=executor.spin, daemon=True)

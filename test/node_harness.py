@@ -1,6 +1,6 @@
 """Runs a real `ScaleFieldNode` and a test node on their own DDS domain and talks to it over topics.
 
-One rclpy context per harness (domain id unique to the test module and process), one MultiThreadedExecutor
+One rclpy context per harness (domain id unique to the test module and process), one SingleThreadedExecutor
 spinning both nodes in a background thread. Messages go through the rmw (Fast DDS), not mocks.
 """
 
@@ -17,7 +17,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 Python wheels (rclpy)")
 
 from nav_msgs.msg import Odometry  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
@@ -69,7 +69,7 @@ class NodeHarness:
         for topic, msg_type in self.OUTPUTS.items():
             self.received[topic] = deque(maxlen=keep)
             self.io.create_subscription(msg_type, topic, self._recorder(topic), reliable)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)  # as the node's main()
         self.executor.add_node(self.node)
         self.executor.add_node(self.io)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

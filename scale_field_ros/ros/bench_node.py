@@ -33,7 +33,7 @@ def benchmark_node(
     "target_non_backbone_share": 0.25, "meets_target"}.
     """
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -75,7 +75,7 @@ def benchmark_node(
     arrived = threading.Event()
     io.create_subscription(Image, "metric_depth", lambda _m: arrived.set(), qos)
     io.create_subscription(PointCloud2, "metric_depth/points", lambda _m: None, qos)  # a consumer, as in use
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): inference has its own thread
     executor.add_node(node)
     executor.add_node(io)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -1,8 +1,12 @@
 """`scale_field_node`: the ROS 2 node robots run, a thin shell around the one `Pipeline` the CLI also uses.
 
-Threads: subscriptions and diagnostics run in a reentrant callback group and only decode and buffer;
-inference runs in its own mutually exclusive group, woken by a guard condition, under a
-MultiThreadedExecutor, so anchors, odometry and camera_info keep arriving while a frame is processed.
+Threads: subscriptions and diagnostics run on the executor and only decode and buffer; inference runs in
+the node's own thread, woken by each image, so anchors, odometry and camera_info keep arriving while a frame
+is processed. Not a callback group under rclpy's MultiThreadedExecutor: that executor re-yields a task that
+is queued but not yet started as fast as it can loop, and this busy loop takes the GIL from the frame being
+processed (`python scripts/executor_probe.py`: frame p95 166 ms instead of 5, over 4,000 task hand-outs a
+second for 30 messages a second; in the node, end-to-end p95 105 ms with one ONNX Runtime thread). A plain
+thread, with a SingleThreadedExecutor for the light input callbacks (`main`), has no such loop.
 Images go through a queue of one: an image that arrives while another waits replaces it, so under load
 the newest image is processed and there is never a backlog.
 
@@ -21,8 +25,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -148,7 +152,6 @@ class ScaleFieldNode(Node):
         self.rates = {k: RateCounter() for k in ("image_in", "anchors_in", "odom_in", "depth_out")}
 
         self._input_group = ReentrantCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         qin = conv.input_qos(settings.input_reliability, settings.input_queue_depth)
         # odometry is small and bursty (up to hundreds of Hz): a shallow queue drops poses, and anchors would
         # then be placed with the nearest pose left, from another moment
@@ -173,7 +176,9 @@ class ScaleFieldNode(Node):
         self.pub_scale = self.create_publisher(Image, TOPIC_SCALE_FIELD, qout)
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, 10)
 
-        self._wake = self.create_guard_condition(self._process_latest, callback_group=self._inference_group)
+        self._wake = threading.Event()  # set by each image; the inference thread waits on it
+        self._stopping = False
+        self._inference = threading.Thread(target=self._inference_loop, name="scale_field_inference", daemon=True)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._input_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
@@ -181,6 +186,7 @@ class ScaleFieldNode(Node):
             f"input QoS {settings.input_reliability}, anchors {'world' if settings.anchors_in_world else 'sensor'}"
             f" frame, filter {'on' if config.filter.enabled else 'off'}"
         )
+        self._inference.start()
 
     # ---------------------------------------------------------------- the processor's state, for callers
 
@@ -234,7 +240,7 @@ class ScaleFieldNode(Node):
             if self._slot is not None:
                 self.stats.frames_dropped += 1  # replaced before it was processed: queue of one
             self._slot = _PendingImage(msg, received)
-        self._wake.trigger()
+        self._wake.set()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._warn_all(self.processor.on_camera_info(msg))
@@ -253,6 +259,21 @@ class ScaleFieldNode(Node):
         with self._slot_lock:
             pending, self._slot = self._slot, None
         return pending
+
+    def _inference_loop(self) -> None:
+        """The inference thread: each wake-up processes the newest waiting image (if any) until the node stops."""
+        while not self._stopping:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()  # before taking: an image arriving from here on wakes the next round
+            if not self._stopping:
+                self._process_latest()
+
+    def destroy_node(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._inference.is_alive() and self._inference is not threading.current_thread():
+            self._inference.join(timeout=10.0)
+        super().destroy_node()
 
     def _process_latest(self) -> None:
         pending = self._take_latest()
@@ -402,7 +423,7 @@ def main(args: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as exc:
             print(f"{NODE_NAME}: refusing to start: {exc}", flush=True)
             return 2
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = SingleThreadedExecutor()  # input callbacks only: inference has its own thread
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
