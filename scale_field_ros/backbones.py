@@ -2,7 +2,10 @@
 
 FastDepth runs from its published TFLite file: the weights are dequantised into our PyTorch
 definition (`fastdepth.py`), which runs as is (runtime "torch") or after a cached ONNX export under
-ONNX Runtime (runtime "onnxruntime", the CPU default).
+ONNX Runtime (runtime "onnxruntime", the CPU default). On TensorRT or ONNX Runtime's CUDA provider it runs
+as an exported graph (`scale-field export --backbone fastdepth`: the network plus the analytic basis maps,
+224x224) through `graph_backbone`, exported into the cache on first use; such a graph file can also be
+given as the model file.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ import numpy as np
 
 from .backbone import Backbone, BackboneOutput, DepthKind, to_rgb8
 from .depth_anything import VARIANTS as DEPTH_ANYTHING_VARIANTS
-from .runtime_select import ORT_CPU, REQUESTS, TORCH_CPU, TORCH_CUDA, device_class, probe_runtimes, select_runtime
+from .runtime_select import (
+    ORT_CPU,
+    ORT_CUDA,
+    REQUESTS,
+    TENSORRT,
+    TORCH_CPU,
+    TORCH_CUDA,
+    device_class,
+    probe_runtimes,
+    select_runtime,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -63,7 +76,8 @@ def load_backbone(
         family "torch" / "onnxruntime" / "tensorrt", or a concrete name such as "torch-cuda".
     threads: intra-op threads for the runtime; 0 keeps the runtime's default.
     device: "auto", "cpu" or "cuda[:N]": restricts the runtime choice to that device.
-    options: Depth Anything only: random_init, precision ("fp16"/"fp32" TensorRT), cache_dir.
+    options: precision ("fp16"/"fp32" TensorRT), cache_dir (engines); Depth Anything also random_init and
+        available (a `RuntimeAvailability` instead of probing); FastDepth also available.
     Raises `ModelFileError` for a missing/truncated/foreign file, ValueError for unknown names.
     Depth Anything names: model_path is a hub id, a local transformers folder or an exported .onnx.
     """
@@ -73,20 +87,34 @@ def load_backbone(
         return depth_anything.load_backbone(name, model_path, runtime, int(threads), device_class(device), **options)
     if name != "fastdepth":
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
-    if options:
-        raise ValueError(f"options {sorted(options)} apply to Depth Anything backbones only")
+    unknown = set(options) - {"precision", "cache_dir", "available"}
+    if unknown:
+        raise ValueError(f"options {sorted(unknown)} apply to Depth Anything backbones only")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if int(threads) < 0:
         raise ValueError(f"threads must be >= 0 (0 = runtime default), got {threads}")
     path = Path(model_path) if model_path is not None else default_model_path()
     is_onnx = path.suffix.lower() == ".onnx"
-    if is_onnx and runtime not in ("auto", "onnxruntime", ORT_CPU):
+    graph_file = is_onnx and _is_graph_onnx(path)
+    # FastDepth's own ONNX export runs in ONNX Runtime on the CPU; an exported graph (with its metadata) on any
+    # ONNX-based runtime; the TFLite weights in torch, or on the GPU runtimes as a graph exported on first use.
+    if graph_file:
+        supported = (TENSORRT, ORT_CUDA, ORT_CPU)
+    else:
+        supported = (ORT_CPU,) if is_onnx else (TENSORRT, TORCH_CUDA, ORT_CUDA, ORT_CPU, TORCH_CPU)
+    if is_onnx and not graph_file and runtime not in ("auto", "onnxruntime", ORT_CPU):
         raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
-    # FastDepth runs in torch (CPU or CUDA) or, from its ONNX export, in ONNX Runtime on the CPU.
-    supported = (ORT_CPU,) if is_onnx else (TORCH_CUDA, ORT_CPU, TORCH_CPU)
-    choice = select_runtime(runtime, probe_runtimes(), supported, device_class(device))
+    available = options.get("available") or probe_runtimes()
+    choice = select_runtime(runtime, available, supported, device_class(device))
     LOG.info("fastdepth runtime: %s", choice.reason)
+    if graph_file or choice.runtime in (TENSORRT, ORT_CUDA):
+        from .graph_backbone import graph_backbone_on
+
+        onnx_path = path if graph_file else fastdepth_graph_onnx(path)
+        return graph_backbone_on(
+            onnx_path, choice.runtime, int(threads), options.get("precision", "fp16"), options.get("cache_dir")
+        )
     runtime = "onnxruntime" if choice.runtime == ORT_CPU else "torch"
     device = "cpu" if choice.device == "cpu" else (device if str(device).startswith("cuda") else "cuda")
     if is_onnx:
@@ -189,6 +217,42 @@ class _OrtRunner:
         values = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: x}), strict=True))
         depth = values.pop(DEPTH_OUTPUT)
         return depth, values
+
+
+def _is_graph_onnx(path: Path) -> bool:
+    """An ONNX file written by `scale-field export` (it carries the graph metadata)."""
+    from .onnxruntime_runtime import read_graph_meta
+
+    try:
+        return read_graph_meta(path).backbone == "fastdepth"
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def fastdepth_graph_onnx(tflite_path: Path) -> Path:
+    """FastDepth plus the analytic bases as one graph at 224x224 (what `scale-field export --backbone fastdepth`
+    writes), exported once per weights file into the cache for the GPU runtimes."""
+    from .bases import BasisConfig
+    from .export import build_graph, export_onnx
+    from .fastdepth import INPUT_SIZE
+    from .hashing import file_sha256
+
+    signature = file_sha256(tflite_path)[:16] + "-" + _short_hash(BasisConfig().maps_signature())
+    target = cache_dir() / "onnx" / f"fastdepth-graph-{signature}-v{EXPORT_VERSION}.onnx"
+    if target.is_file() and _is_graph_onnx(target):
+        return target
+    module, meta = build_graph("fastdepth", tflite_path, bases="analytic")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial.onnx")
+    export_onnx(module, meta, partial, height=INPUT_SIZE, width=INPUT_SIZE)
+    partial.replace(target)
+    return target
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _check_onnx_file(path: Path) -> Path:

@@ -338,6 +338,7 @@ def load_backbone(
             torch.set_num_threads(threads)
         return GraphBackbone(graph_meta(name, graph), runner)
 
+    from scale_field_ros.graph_backbone import graph_backbone_on
     from scale_field_ros.onnxruntime_runtime import read_graph_meta
 
     onnx_path = (
@@ -348,13 +349,4 @@ def load_backbone(
     meta = read_graph_meta(onnx_path)
     if meta.backbone != name:
         raise ValueError(f"{onnx_path} holds a {meta.backbone} graph, not {name}")
-    if choice.runtime == rs.TENSORRT:
-        from scale_field_ros.tensorrt_runtime import TensorRTRunner
-
-        return GraphBackbone(meta, TensorRTRunner(onnx_path, meta, precision=precision, cache_dir=cache_dir))
-    from scale_field_ros.onnxruntime_runtime import OnnxRuntimeRunner
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if choice.runtime == rs.ORT_CUDA else None
-    if choice.runtime == rs.ORT_CPU:
-        providers = ["CPUExecutionProvider"]
-    return GraphBackbone(meta, OnnxRuntimeRunner(onnx_path, providers=providers, threads=threads))
+    return graph_backbone_on(onnx_path, choice.runtime, threads, precision, cache_dir)

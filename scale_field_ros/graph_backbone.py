@@ -231,3 +231,24 @@ class GraphBackbone:
             features=features,
             graph_basis_config=self.meta.basis_config,
         )
+
+
+def graph_backbone_on(
+    onnx_path, runtime: str, threads: int = 0, precision: str = "fp16", cache_dir=None
+) -> GraphBackbone:
+    """A `GraphBackbone` running the exported graph `onnx_path` on an ONNX-based runtime of `runtime_select`
+    (tensorrt, onnxruntime-cuda or onnxruntime-cpu); the graph's metadata says everything else."""
+    from scale_field_ros import runtime_select as rs
+    from scale_field_ros.onnxruntime_runtime import OnnxRuntimeRunner, read_graph_meta
+
+    meta = read_graph_meta(onnx_path)
+    if runtime == rs.TENSORRT:
+        from scale_field_ros.tensorrt_runtime import TensorRTRunner
+
+        return GraphBackbone(meta, TensorRTRunner(onnx_path, meta, precision=precision, cache_dir=cache_dir))
+    if runtime not in (rs.ORT_CUDA, rs.ORT_CPU):
+        raise ValueError(f"an exported graph runs on tensorrt or onnxruntime, not {runtime!r}")
+    providers = ["CPUExecutionProvider"]
+    if runtime == rs.ORT_CUDA:
+        providers.insert(0, "CUDAExecutionProvider")
+    return GraphBackbone(meta, OnnxRuntimeRunner(onnx_path, providers=providers, threads=threads))

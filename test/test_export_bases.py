@@ -147,3 +147,37 @@ def test_graph_bases_with_other_settings_are_not_used(fastdepth_onnx):
         bases = build_bases(out, other, 1000)
     assert bases.work_shape != tuple(out.features["bases"].shape[1:])  # built from the camera-resolution map
     assert build_bases(out, BasisConfig(), 1000).work_shape == tuple(out.features["bases"].shape[1:])
+
+
+def test_fastdepth_graph_file_loads_as_a_graph_backbone(fastdepth_onnx):
+    """An exported FastDepth graph given as the model file runs through `GraphBackbone` (the path TensorRT and
+    ONNX Runtime CUDA take): its depth matches the TFLite-weights backbone's, its bases reach `build_bases`."""
+    from scale_field_ros.backbones import FastDepthBackbone, load_backbone
+
+    graph = load_backbone("fastdepth", fastdepth_onnx)
+    plain = load_backbone("fastdepth")
+    assert isinstance(graph, GraphBackbone) and isinstance(plain, FastDepthBackbone)
+    assert graph.runtime == "onnxruntime-cpu" and graph.meta.backbone == "fastdepth"
+    for rgb in _images():
+        a, b = graph.infer(rgb), plain.infer(rgb)
+        assert a.shape == b.shape == rgb.shape[:2]
+        # same network and weights; the graph resizes the image on its own (antialiased bicubic, not cv2 area)
+        assert np.corrcoef(a.relative.ravel(), b.relative.ravel())[0, 1] > 0.995  # measured 0.9995-0.9996
+        assert np.median(np.abs(a.relative - b.relative) / b.relative) < 0.04  # measured 0.005 (nyu), 0.023
+        assert build_bases(a, BasisConfig(), 1000).work_shape == tuple(a.features["bases"].shape[1:])
+
+
+def test_gpu_runtimes_get_fastdepth_as_a_cached_graph(tmp_path, monkeypatch):
+    """TensorRT / ONNX Runtime CUDA run FastDepth as the exported graph with bases, made once into the cache."""
+    from scale_field_ros import backbones
+
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} is not present")
+    monkeypatch.setenv("SCALE_FIELD_CACHE", str(tmp_path))
+    path = backbones.fastdepth_graph_onnx(MODEL)
+    assert path.parent == tmp_path / "onnx" and path.is_file()
+    meta = read_graph_meta(path)
+    assert meta.backbone == "fastdepth" and meta.fixed_hw == (224, 224) and meta.basis_names == build_bases_names()
+    assert meta.basis_config == BasisConfig().maps_signature()
+    stamp = path.stat().st_mtime_ns
+    assert backbones.fastdepth_graph_onnx(MODEL) == path and path.stat().st_mtime_ns == stamp  # reused
