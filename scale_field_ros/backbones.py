@@ -238,15 +238,21 @@ def fastdepth_graph_onnx(tflite_path: Path) -> Path:
     from .hashing import file_sha256
 
     signature = file_sha256(tflite_path)[:16] + "-" + _short_hash(BasisConfig().maps_signature())
-    target = cache_dir() / "onnx" / f"fastdepth-graph-{signature}-v{EXPORT_VERSION}.onnx"
-    if target.is_file() and _is_graph_onnx(target):
-        return target
-    module, meta = build_graph("fastdepth", tflite_path, bases="analytic")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial.onnx")
-    export_onnx(module, meta, partial, height=INPUT_SIZE, width=INPUT_SIZE)
-    partial.replace(target)
-    return target
+    name = f"fastdepth-graph-{signature}-v{EXPORT_VERSION}.onnx"
+    for folder in (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "scale_field_ros"):
+        target = folder / name
+        if target.is_file() and _is_graph_onnx(target):
+            return target  # a damaged file fails the check and is exported again
+        try:
+            module, meta = build_graph("fastdepth", tflite_path, bases="analytic")
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial.onnx")
+            export_onnx(module, meta, partial, height=INPUT_SIZE, width=INPUT_SIZE)
+            partial.replace(target)
+            return target
+        except OSError:
+            continue  # cache folder not writable: fall back to the temp dir
+    raise ModelFileError(f"could not write the graph export {name} to {cache_dir()} or the temp dir")
 
 
 def _short_hash(text: str) -> str:
