@@ -505,14 +505,14 @@ def depth_partition(log_g: np.ndarray, bins: int) -> list[np.ndarray]:
 
 def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
     """The feature map named `name`, or ("") the finest with at least 8 channels; a graph's basis outputs
-    (`graph_backbone.BASIS_OUTPUTS`) are not features."""
-    from .graph_backbone import BASIS_OUTPUTS
+    (`graph_backbone.BASIS_OUTPUTS`, a basis head's maps) are not features."""
+    from .graph_backbone import BASIS_OUTPUTS, LEARNED_BASES_OUTPUT
 
     if name:
         return out.features.get(name)
     best = None
     for key, fmap in out.features.items():
-        if key in BASIS_OUTPUTS:
+        if key in BASIS_OUTPUTS or key == LEARNED_BASES_OUTPUT:
             continue
         if fmap.shape[0] >= 8 and (best is None or fmap.shape[1] * fmap.shape[2] > best.shape[1] * best.shape[2]):
             best = fmap

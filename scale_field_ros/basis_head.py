@@ -26,10 +26,11 @@ from torch import nn
 from .anchors import Anchors
 from .backbone import BackboneOutput
 from .bases import BasisConfig, BasisSet, relative_inverse_depth, working_shape
+from .graph_backbone import LEARNED_BASES_OUTPUT
 from .hashing import file_sha256
 
 CHECKPOINT_FORMAT = 1
-BASES_OUTPUT = "learned_bases"  # graph output name of the head's maps
+BASES_OUTPUT = LEARNED_BASES_OUTPUT  # graph output name of the head's maps
 FASTDEPTH_TAPS = ("dec3", "dec4")  # 120x28x28 and 56x56x56 at FastDepth's 224x224 input
 
 

@@ -69,3 +69,18 @@ def test_flat_or_invalid_relative_depth_is_flagged_not_nan():
         assert np.all(np.isfinite(b.maps)) and not any(n.startswith(("depth", "pca")) for n in b.names)
     inv = dataclasses.replace(out, relative=1.0 / out.relative, kind=DepthKind.INVERSE_DEPTH)
     np.testing.assert_allclose(relative_inverse_depth(inv)[0], relative_inverse_depth(out)[0], rtol=1e-4)
+
+
+def test_basis_outputs_of_a_graph_are_never_taken_for_the_pca_feature():
+    """A graph's own basis maps (analytic or a trained head's) ride in `features` too; the PCA uses the network's."""
+    from scale_field_ros.bases import pick_feature
+
+    frame, out = infer("nyu", 0)
+    finest = pick_feature(out, "")
+    rng = np.random.default_rng(0)
+    extra = {
+        name: rng.standard_normal((12, 2 * finest.shape[1], 2 * finest.shape[2])).astype(np.float32)
+        for name in ("bases", "learned_bases")
+    }
+    with_maps = dataclasses.replace(out, features={**out.features, **extra})
+    assert pick_feature(with_maps, "") is finest
