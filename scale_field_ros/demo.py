@@ -131,8 +131,8 @@ def run_node_over_dds(bag: Path, values: dict, backbone, domain_id: int, rate: f
             stamp = m.stamp_ns * 1e-9
             if m.topic == "/anchors":
                 return len(node.anchor_buffer.query(stamp, 1e-6)) > 0
-            if m.topic == "/odom":
-                return node.pose_buffer.lookup(stamp) is not None
+            if m.topic == "/odom":  # this pose itself, not the previous one extrapolated to its stamp
+                return node.pose_buffer.covers(stamp)
             if m.topic == "/camera/camera_info":
                 return getattr(node, "_camera_info", None) is not None
             return True

@@ -96,6 +96,11 @@ class PoseBuffer:
                 del self._poses[:start]
         return kept_history
 
+    def covers(self, stamp_s: float) -> bool:
+        """A sample at or after `stamp_s` is buffered: the pose there is interpolated, not extrapolated."""
+        with self._lock:
+            return bool(self._stamps) and self._stamps[-1] >= stamp_s
+
     def lookup(self, stamp_s: float) -> np.ndarray | None:
         """T_world_body at `stamp_s`, or None when the buffer does not cover it."""
         with self._lock:

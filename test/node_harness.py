@@ -128,7 +128,9 @@ class NodeHarness:
             buffered = self.node.anchor_buffer
             self.wait_for(lambda: len(buffered.query(stamp_s, 1e-6)) > 0, 5.0, "the node to buffer anchors")
 
-    def publish_odom(self, T_world_body: np.ndarray, stamp_s: float) -> None:
+    def publish_odom(self, T_world_body: np.ndarray, stamp_s: float, wait: bool = False) -> None:
+        """Publish a body pose; with `wait`, return once the node has buffered a pose at or after its stamp
+        (images up to it then interpolate, not extrapolate)."""
         msg = Odometry()
         msg.header = header(stamp_s, "world")
         msg.child_frame_id = "body"
@@ -137,6 +139,9 @@ class NodeHarness:
         pose.position.x, pose.position.y, pose.position.z = (float(x) for x in p)
         pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(x) for x in q)
         self.pub_odom.publish(msg)
+        if wait:
+            poses = self.node.pose_buffer
+            self.wait_for(lambda: poses.covers(stamp_s), 5.0, "the node to buffer the pose")
 
     def output(self, stamp_s: float, topic: str = "metric_depth", timeout_s: float = 30.0):
         """Wait for the message on `topic` stamped `stamp_s`."""

@@ -114,7 +114,7 @@ def test_sun3d_world_landmarks_with_odometry(backbone, sun3d):
             # poses from the sequence (extrapolated half a step at the ends), body = camera mounted with T_body_cam
             alpha = float(np.clip((t - 100.0) * 30.0 - j, -0.5, 1.5))
             T_wc = interpolate_transform(frames[j].T_world_cam, frames[j + 1].T_world_cam, alpha)
-            h.publish_odom(T_wc @ invert_transform(T_BODY_CAM), t)
+            h.publish_odom(T_wc @ invert_transform(T_BODY_CAM), t, wait=k == 6)  # all buffered before the images
         for i, frame in enumerate(frames):
             stamp = 100.0 + i / 30.0
             draw = draw_anchors(frame, "vio", N_ANCHORS, seed=i)

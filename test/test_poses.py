@@ -55,6 +55,7 @@ def test_pose_buffer_lookup(seq):
     between = buf.lookup(1.5 / 30.0)
     np.testing.assert_allclose(between, interpolate_transform(poses[1], poses[2], 0.5), atol=1e-9)
     np.testing.assert_allclose(buf.lookup(2 / 30.0 + 0.01), poses[2])  # small extrapolation holds the nearest
+    assert buf.covers(2 / 30.0) and not buf.covers(2 / 30.0 + 0.01)  # ... which `covers` does not count
     assert buf.lookup(2 / 30.0 + 0.1) is None
     assert buf.lookup(-0.1) is None
     # bag looped: an old stamp clears the history
