@@ -209,7 +209,7 @@ def _build_family(out, config, tier, constant, g, g_work, log_g, med) -> BasisSe
 
 def graph_family(out: BackboneOutput, config: BasisConfig, g, med: float, constant: bool) -> BasisSet | None:
     """The full family (tier 3) from a graph's `bases` output in `out.features`, or None without one, or when
-    its map count is not the family `config` asks for (the graph was exported with another configuration).
+    the graph was exported with other basis settings than `config`'s (then with a warning, once).
 
     The graph built the maps from its relative output at the network's resolution; g (the camera-resolution
     map, `relative_inverse_depth`) is shrunk to their size, so that inv_rel and inv_rel_work share units."""
@@ -390,8 +390,11 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     for f in range(n_folds):
         test = fold == f
         held[0, test] = _held_out_error(np.median(r_good[~test]) / r_good[test])
-    # scale and shift in depth, d = a / g + b, weighted least squares per fold like the rungs' ridge fits (the
-    # gross outliers are out already); chosen, it is fitted robustly on all anchors (`_depth_affine`)
+    # scale and shift in depth, d = a / g + b (the relative map aligned in depth, then median scaling): weighted
+    # least squares per fold like the rungs' ridge fits (the gross outliers are out already); chosen, it is fitted
+    # robustly on all anchors (`_depth_affine`). Last in the order, so it is chosen only where it beats every rung
+    # of the field's own family by the tolerance (a relative map that is affine in depth rather than in inverse
+    # depth, or carries no usable structure)
     rows = np.stack([1.0 / (g_good * d_good), 1.0 / d_good], axis=1)  # (a, b) -> predicted depth / depth
     a0 = float(np.median(d_good * g_good))
     prior_affine = np.array([1.0 / (1e3 * a0) ** 2, 1.0 / (1e3 * a0) ** 2])  # as global_alignment's: barely there
@@ -404,9 +407,6 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
         row_affine = _held_out_error(np.where(d_pred > 0, d_good / np.maximum(d_pred, 1e-9), 1e-3))
     except np.linalg.LinAlgError:
         row_affine = np.full(len(a), np.inf)
-    # scale and shift in depth (the relative map aligned in depth, then median scaling): last in the order, so it
-    # is chosen only where it beats every rung of the field's own family by the tolerance (a relative map that
-    # is affine in depth rather than in inverse depth, or carries no usable structure)
     held = np.vstack([held, row_affine])
     labels.append("affine")
     return HeldOut(tuple(labels), held, coverage, s0, g[good], d_good)
