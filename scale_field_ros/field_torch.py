@@ -508,7 +508,7 @@ def benchmark_scale_field_torch(
 
     from .bases import BasisConfig, pick_feature
     from .bases_torch import analytic_bases
-    from .pipeline import benchmark_input
+    from .pipeline import benchmark_input, stage_report
 
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -539,16 +539,9 @@ def benchmark_scale_field_torch(
             t3 = time.perf_counter()
             samples.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
     arr = np.array(samples[3:])
-    med = np.median(arr, axis=0)
     return {
-        "bases": float(med[0]),
-        "solve": float(med[1]),
-        "compose": float(med[2]),
-        "scale_field": float(np.median(arr.sum(axis=1))),
+        **stage_report(arr, len(anchors), out.shape),
         "scale_field_samples": [float(x) for x in arr.sum(axis=1)],  # per timed call, for LatencyStats
         **{f"{part}_samples": [float(x) for x in arr[:, i]] for i, part in enumerate(("bases", "solve", "compose"))},
-        "n_anchors": float(len(anchors)),
         "k": float(bases.maps.shape[1]),
-        "width": float(out.shape[1]),
-        "height": float(out.shape[0]),
     }

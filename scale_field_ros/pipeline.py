@@ -538,14 +538,19 @@ def benchmark_scale_field(
     for _ in range(repeats + 2):
         r = pipe.process_output(out, anchors)
         samples.append((r.timings_ms.bases, r.timings_ms.solve, r.timings_ms.compose))
-    arr = np.array(samples[2:])
-    med = np.median(arr, axis=0)
+    return stage_report(np.array(samples[2:]), len(anchors), out.shape)
+
+
+def stage_report(samples_ms: np.ndarray, n_anchors: int, shape_hw: tuple[int, int]) -> dict[str, float]:
+    """A scale-field benchmark's report from its timed calls (rows of bases, solve, compose milliseconds):
+    per-stage medians, `scale_field` (median of the sums) and the input's anchor count and size."""
+    med = np.median(samples_ms, axis=0)
     return {
         "bases": float(med[0]),
         "solve": float(med[1]),
         "compose": float(med[2]),
-        "scale_field": float(np.median(arr.sum(axis=1))),
-        "n_anchors": float(len(anchors)),
-        "width": float(out.shape[1]),
-        "height": float(out.shape[0]),
+        "scale_field": float(np.median(samples_ms.sum(axis=1))),
+        "n_anchors": float(n_anchors),
+        "width": float(shape_hw[1]),
+        "height": float(shape_hw[0]),
     }
