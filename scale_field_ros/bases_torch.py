@@ -12,7 +12,7 @@ module stays the reference (`test/test_bases_torch.py` compares the two on real 
 - the family keeps a fixed size K (a batch and a graph need one): maps numpy would leave out (a relative map
   without structure, a negligible component) come out as zeros, and `TorchBasisMaps.basis_set` drops them.
 Smaller tiers and the cross-validated tier choice are column subsets of this family, taken in numpy
-(`bases._restrict`, `bases.select_tier`) by `TorchAnalyticBases`.
+(`bases._restrict`, `tier_selection.select_tier`) by `TorchAnalyticBases`.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from .bases import (
     _restrict,
     pick_feature,
     position_maps,
-    select_tier,
     tier_for,
     working_shape,
 )
 from .basis_head import box_filter
 from .field_torch import masked_median
+from .tier_selection import select_tier
 
 FULL_TIER = 3
 POWER_SQUARINGS = 5  # each component: power iterations on the deflated covariance raised to 2^5 ...
@@ -348,7 +348,7 @@ class TorchAnalyticBases:
     """Basis provider with `bases.build_bases`' signature, building the maps in torch on `device`.
 
     The full family comes from `analytic_bases`; the tier for the anchor count and the cross-validated
-    choice are numpy's (`bases._restrict`, `bases.select_tier`), so a Pipeline given
+    choice are numpy's (`bases._restrict`, `tier_selection.select_tier`), so a Pipeline given
     `bases_fn=TorchAnalyticBases(...)` runs the numpy pipeline with torch-built maps.
     """
 
