@@ -159,21 +159,26 @@ def build_bases(out: BackboneOutput, config: BasisConfig, n_anchors: int, anchor
     and `config.select`, the tier is then chosen among scale only .. the count's tier by cross-validation
     on the anchors (`select_tier`), so clustered or few anchors get a family they can support."""
     g, med, constant = relative_inverse_depth(out)
-    tier = tier_for(n_anchors, config)
     full = graph_family(out, config, g, med, constant)
-    if full is not None:  # the backbone graph built the maps (`scale-field export --bases analytic`)
-        full = full if tier == full.tier else _restrict(full, tier, "count")
-    else:
+    if full is None:  # no graph built the maps (`scale-field export --bases analytic`): build the count's tier
         h, w = working_shape(g.shape, config.work_long_side)
         g_work = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
-        full = _build_family(out, config, tier, constant, g, g_work, np.log(g_work), med)
+        full = _build_family(out, config, tier_for(n_anchors, config), constant, g, g_work, np.log(g_work), med)
+    return family_for_anchors(full, config, n_anchors, anchors)
+
+
+def family_for_anchors(full: BasisSet, config: BasisConfig, n_anchors: int, anchors=None) -> BasisSet:
+    """From a frame's family of at least the count's tier: that tier, then (with `anchors` and
+    `config.select`) the cross-validated choice for the anchors, which remembers the family it was cut from."""
+    tier = tier_for(n_anchors, config)
+    family = full if tier == full.tier else _restrict(full, tier, "count")
     if anchors is None or not config.select or len(anchors) == 0:
-        return full
+        return family
     from .tier_selection import select_tier  # it builds on this module's sets
 
-    chosen = select_tier(full, anchors, config)
-    same = chosen.maps is full.maps and chosen.inv_rel is full.inv_rel
-    return chosen if same else dataclasses.replace(chosen, family=full)
+    chosen = select_tier(family, anchors, config)
+    same = chosen.maps is family.maps and chosen.inv_rel is family.inv_rel
+    return chosen if same else dataclasses.replace(chosen, family=family)
 
 
 def family_for_tier(bases: BasisSet, tier: int) -> BasisSet | None:

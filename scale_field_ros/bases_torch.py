@@ -12,7 +12,7 @@ module stays the reference (`test/test_bases_torch.py` compares the two on real 
 - the family keeps a fixed size K (a batch and a graph need one): maps numpy would leave out (a relative map
   without structure, a negligible component) come out as zeros, and `TorchBasisMaps.basis_set` drops them.
 Smaller tiers and the cross-validated tier choice are column subsets of this family, taken in numpy
-(`bases._restrict`, `tier_selection.select_tier`) by `TorchAnalyticBases`.
+(`bases.family_for_anchors`) by `TorchAnalyticBases`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,13 @@ from .backbone import BackboneOutput, DepthKind
 from .bases import (
     BasisConfig,
     BasisSet,
-    _restrict,
+    family_for_anchors,
     pick_feature,
     position_maps,
-    tier_for,
     working_shape,
 )
 from .basis_head import box_filter
 from .field_torch import masked_median
-from .tier_selection import select_tier
 
 FULL_TIER = 3
 POWER_SQUARINGS = 5  # each component: power iterations on the deflated covariance raised to 2^5 ...
@@ -348,7 +346,7 @@ class TorchAnalyticBases:
     """Basis provider with `bases.build_bases`' signature, building the maps in torch on `device`.
 
     The full family comes from `analytic_bases`; the tier for the anchor count and the cross-validated
-    choice are numpy's (`bases._restrict`, `tier_selection.select_tier`), so a Pipeline given
+    choice are numpy's (`bases.family_for_anchors`), so a Pipeline given
     `bases_fn=TorchAnalyticBases(...)` runs the numpy pipeline with torch-built maps.
     """
 
@@ -367,12 +365,7 @@ class TorchAnalyticBases:
     def __call__(
         self, out: BackboneOutput, config: BasisConfig, n_anchors: int, anchors: Anchors | None = None
     ) -> BasisSet:
-        full = self.full(out, config)
-        tier = tier_for(n_anchors, config)
-        family = full if tier == FULL_TIER else _restrict(full, tier, "count")
-        if anchors is None or not config.select or len(anchors) == 0:
-            return family
-        return select_tier(family, anchors, config)
+        return family_for_anchors(self.full(out, config), config, n_anchors, anchors)
 
 
 class AnalyticBasesModule(nn.Module):
