@@ -235,16 +235,18 @@ def fastdepth_graph_onnx(tflite_path: Path) -> Path:
     from .bases import BasisConfig
     from .export import build_graph, export_onnx
     from .fastdepth import INPUT_SIZE
-    from .hashing import file_sha256
+    from .hashing import file_sha256, text_digest
 
-    signature = file_sha256(tflite_path)[:16] + "-" + _short_hash(BasisConfig().maps_signature())
+    signature = file_sha256(tflite_path)[:16] + "-" + text_digest(BasisConfig().maps_signature(), 8)
     name = f"fastdepth-graph-{signature}-v{EXPORT_VERSION}.onnx"
-    for folder in (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "scale_field_ros"):
+    folders = (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "scale_field_ros")
+    for folder in folders:
+        if (folder / name).is_file() and _is_graph_onnx(folder / name):
+            return folder / name  # a damaged file fails the check and is exported again
+    module, meta = build_graph("fastdepth", tflite_path, bases="analytic")
+    for folder in folders:
         target = folder / name
-        if target.is_file() and _is_graph_onnx(target):
-            return target  # a damaged file fails the check and is exported again
         try:
-            module, meta = build_graph("fastdepth", tflite_path, bases="analytic")
             folder.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial.onnx")
             export_onnx(module, meta, partial, height=INPUT_SIZE, width=INPUT_SIZE)
@@ -253,12 +255,6 @@ def fastdepth_graph_onnx(tflite_path: Path) -> Path:
         except OSError:
             continue  # cache folder not writable: fall back to the temp dir
     raise ModelFileError(f"could not write the graph export {name} to {cache_dir()} or the temp dir")
-
-
-def _short_hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _check_onnx_file(path: Path) -> Path:

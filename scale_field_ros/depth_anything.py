@@ -248,10 +248,10 @@ def _source_fingerprint(name: str, source: str, random_init: bool, feature_level
     Local folders contribute each file's size and mtime (cheap, changes when weights are replaced);
     a hub id is taken as immutable per transformers version.
     """
-    import hashlib
-
     import torch
     import transformers
+
+    from scale_field_ros.hashing import text_digest
 
     parts = [name, "random-init" if random_init else source, transformers.__version__, torch.__version__]
     parts.append(",".join(map(str, feature_levels)))
@@ -263,7 +263,7 @@ def _source_fingerprint(name: str, source: str, random_init: bool, feature_level
             if f.is_file():
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return text_digest("\n".join(parts), 16)
 
 
 def cached_onnx(

@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from scale_field_ros.hashing import text_digest
+
 MAGIC = b"SCALEFIELD-TRT-ENGINE\x00v1\n"
 PRECISIONS = ("fp16", "fp32")
 _HEADER_LEN = struct.Struct("<Q")
@@ -61,7 +63,7 @@ class EngineKey:
 
     def digest(self) -> str:
         canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+        return text_digest(canonical, 20)
 
     def file_name(self, stem: str) -> str:
         shape = "x".join(str(d) for d in self.input_shape[-2:])
