@@ -49,6 +49,8 @@ class NumpyOps:
     @staticmethod
     def stack(values, axis: int = -1):
         """Stack after broadcasting (scalars and arrays mixed)."""
+        if all(np.ndim(v) == 0 for v in values):  # one frame's prior: a plain vector, without broadcast's cost
+            return np.array([float(v) for v in values])
         return np.stack(np.broadcast_arrays(*values), axis=axis)
 
     @staticmethod

@@ -7,6 +7,8 @@ Robustness: iteratively reweighted least squares with Huber weights on residuals
 by a MAD estimate of their spread, then hard rejection of gross outliers, so that a tenth of wild anchors
 does not move the result. A ladder keeps the fit well posed when anchors are few or degenerate:
 full field -> scale and shift -> scale only -> prior only.
+The IRLS loop and the small SPD algebra are compiled with numba (`cache=True`: once per install, the first
+solve in a fresh install takes about a second); the level ladder and bookkeeping stay in Python.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import enum
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 
 class FitLevel(str, enum.Enum):
@@ -126,27 +129,17 @@ def solve(
     a_n = a_f * inv_s[:, None]
     y_n = y_f * inv_s
 
-    w = mean_f.copy()
-    keep = np.ones(len(y_n), bool)
-    for it in range(max(config.irls_iterations, 1) + 1):
-        u = y_n - a_n @ w
-        scale = _robust_scale(u[keep] if it else u)
-        z = np.abs(u) * (1.0 / scale)
-        keep = z < config.outlier_sigmas
-        if not keep.any():
-            keep = z <= np.median(z)
-        robust = np.minimum(1.0, config.huber_k / np.maximum(z, 1e-12))
-        robust[~keep] = 0.0
-        weighted = a_n * (robust * (1.0 / scale**2))[:, None]
-        prec = prec_prior + weighted.T @ a_n
-        w_new = _solve_spd(prec, eta_prior + weighted.T @ y_n)
-        if not np.all(np.isfinite(w_new)):
-            break
-        converged = np.max(np.abs(w_new - w)) <= config.irls_tolerance * (1e-12 + np.max(np.abs(w_new)))
-        w = w_new
-        if converged and it:
-            break
-    cov_post_f = _inverse_spd(prec)
+    w, cov_post_f, keep = _irls(
+        np.ascontiguousarray(a_n),
+        y_n,
+        prec_prior,
+        eta_prior,
+        mean_f,
+        float(config.huber_k),
+        float(config.outlier_sigmas),
+        int(max(config.irls_iterations, 1)),
+        float(config.irls_tolerance),
+    )
 
     weights = mean0.copy()
     weights[free] = w
@@ -208,33 +201,91 @@ def _free_columns(level: FitLevel, k: int, design: Design) -> np.ndarray:
     return free
 
 
+@njit(cache=True, nogil=True)
 def _robust_scale(u: np.ndarray) -> float:
     """MAD-based spread of normalised residuals, at least 1 so that an honest noise model is not inflated."""
     if u.size == 0:
         return 1.0
-    mad = 1.4826 * _median(np.abs(u - _median(u)))
+    mad = 1.4826 * np.median(np.abs(u - np.median(u)))
     return max(mad, 1.0) if np.isfinite(mad) else 1.0
 
 
-def _median(x: np.ndarray) -> float:
-    """np.median without its dispatch overhead (this runs twice per IRLS iteration)."""
-    n = x.size
-    half = n // 2
-    if n % 2:
-        return float(np.partition(x, half)[half])
-    part = np.partition(x, (half - 1, half))
-    return 0.5 * float(part[half - 1] + part[half])
+@njit(cache=True, nogil=True)
+def _cholesky(m: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a small SPD matrix (K ~ 20: no LAPACK call worth its overhead), NaN when
+    `m` is not positive definite."""
+    k = m.shape[0]
+    low = np.zeros((k, k))
+    for j in range(k):
+        d = m[j, j] - np.dot(low[j, :j], low[j, :j])
+        if not d > 0.0:
+            low[:, :] = np.nan
+            return low
+        low[j, j] = np.sqrt(d)
+        for i in range(j + 1, k):
+            low[i, j] = (m[i, j] - np.dot(low[i, :j], low[j, :j])) / low[j, j]
+    return low
 
 
+@njit(cache=True, nogil=True)
+def _cholesky_solve(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x with (low low^T) x = b, for b of shape (K,) or (K, M)."""
+    x = b.astype(np.float64).copy()
+    k = low.shape[0]
+    for i in range(k):  # forward: low y = b
+        for j in range(i):
+            x[i] -= low[i, j] * x[j]
+        x[i] /= low[i, i]
+    for i in range(k - 1, -1, -1):  # back: low^T x = y
+        for j in range(i + 1, k):
+            x[i] -= low[j, i] * x[j]
+        x[i] /= low[i, i]
+    return x
+
+
+@njit(cache=True, nogil=True)
 def _solve_spd(m: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # K is ~20: LAPACK through numpy directly; scipy's wrappers cost more than the factorisation here
-    try:
-        return np.linalg.solve(m, b)
-    except (np.linalg.LinAlgError, ValueError):
-        return np.linalg.lstsq(m, b, rcond=None)[0]
+    return _cholesky_solve(_cholesky(m), b)
 
 
+@njit(cache=True, nogil=True)
 def _inverse_spd(m: np.ndarray) -> np.ndarray:
+    """Inverse of an SPD matrix, a relative 1e-12 of its trace added so that a near-singular one still inverts."""
     k = m.shape[0]
     inv = _solve_spd(m + 1e-12 * np.trace(m) / max(k, 1) * np.eye(k), np.eye(k))
     return 0.5 * (inv + inv.T)
+
+
+@njit(cache=True, nogil=True)
+def _irls(a_n, y_n, prec_prior, eta_prior, w0, huber_k, outlier_sigmas, iterations, tolerance):
+    """The robust solve's loop, compiled (per iteration it is a few dozen small array steps, whose Python
+    call overhead cost ~10x their arithmetic): rows already divided by their sigma. Each pass: residuals u,
+    their robust spread (MAD over the previous inliers, at least 1), inliers |u| < outlier_sigmas spreads,
+    Huber weights, the weighted normal equations with the prior's precision, solved by Cholesky. Stops after
+    `iterations` + 1 passes, when no weight moves more than `tolerance` of the largest, or when the solve fails
+    (non-finite weights: the previous ones stay). Returns the weights, their posterior covariance and the
+    inlier flags."""
+    n, k = a_n.shape
+    w = w0.copy()
+    keep = np.ones(n, np.bool_)
+    prec = prec_prior.copy()
+    a_t = np.ascontiguousarray(a_n.T)
+    for it in range(iterations + 1):
+        u = y_n - a_n @ w
+        scale = _robust_scale(u[keep] if it else u)
+        z = np.abs(u) * (1.0 / scale)
+        keep = z < outlier_sigmas
+        if not keep.any():
+            keep = z <= np.median(z)
+        robust = np.minimum(1.0, huber_k / np.maximum(z, 1e-12)) * (1.0 / scale**2)
+        robust[~keep] = 0.0
+        weighted_t = a_t * robust
+        prec = prec_prior + weighted_t @ a_n
+        w_new = _solve_spd(prec, eta_prior + weighted_t @ y_n)
+        if not np.all(np.isfinite(w_new)):
+            break
+        converged = np.max(np.abs(w_new - w)) <= tolerance * (1e-12 + np.max(np.abs(w_new)))
+        w = w_new
+        if converged and it:
+            break
+    return w, _inverse_spd(prec), keep
