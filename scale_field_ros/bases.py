@@ -47,8 +47,9 @@ class BasisConfig:
 
 
 @dataclass(frozen=True)
-class MedianBlend:
-    """Median scaling averaged into the frame's output (see `select_tier`): its weight, its scale s0 (inverse
+class ScaleOnlyBlend:
+    """Scale only (the anchors' `absrel_scale`) averaged into the frame's output (see `select_tier`): its weight,
+    its scale s0 (inverse
     depth s0 * g over the relative map the set was selected on, `BasisSet.family` or the set itself) and its
     held-out relative RMS error (its share of the published std)."""
 
@@ -75,10 +76,10 @@ class BasisSet:
     constant_relative: bool
     tier: int  # -1: scale only (shift pinned to 0), 0: scale and shift, 1..3: families of `tier_for`
     selection: str = ""  # how the tier was chosen (count ladder, or the cross-validation errors)
-    scale_hint: float = 0.0  # tier -1: the median anchor ratio (1/depth) / g, which the field then keeps
+    scale_hint: float = 0.0  # tier -1: the anchors' absrel_scale of (1/depth) / g, which the field then keeps
     coverage: float = 1.0  # how evenly the anchors cover the image (1: like uniform random anchors)
     family: BasisSet | None = None  # the count's full family this set was selected from (None: it is that family)
-    blend: MedianBlend | None = None  # the frame alone: median scaling averaged into the output (`select_tier`)
+    blend: ScaleOnlyBlend | None = None  # the frame alone: scale only averaged into the output (`select_tier`)
 
     @property
     def shift_free(self) -> bool:
@@ -274,8 +275,9 @@ def _tier_columns(names: tuple[str, ...], tier: int) -> np.ndarray:
 
 
 def _restrict(full: BasisSet, tier: int, why: str, scale_hint: float = 0.0) -> BasisSet:
-    """The sub-family of `full` for `tier` (-1 and 0 keep only the constant map). Scale only (-1) is median
-    scaling: the median ratio is a more robust scale than a least-squares fit when anchors are few."""
+    """The sub-family of `full` for `tier` (-1 and 0 keep only the constant map). Scale only (-1) holds the
+    scale at `scale_hint` (`tier_selection.absrel_scale`): a median-type scale is more robust than a
+    least-squares fit when anchors are few."""
     hint = float(scale_hint) if tier == -1 else 0.0
     if tier == full.tier:
         return dataclasses.replace(full, selection=why, scale_hint=hint)

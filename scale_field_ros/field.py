@@ -19,7 +19,7 @@ from .bases import BasisSet, sample_maps
 from .residual_grid import LocalCorrection
 from .solver import Design, Prior
 
-MEDIAN_SCALE_REL_STD = 1e-3  # tier -1 (median scaling): the scale stays at the median ratio
+SCALE_ONLY_REL_STD = 1e-3  # tier -1 (scale only): the scale stays at the anchors' `absrel_scale`
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,13 @@ def prior_moments(xp, scale, shift, fallback_scale, k: int, config: PriorConfig,
     Stds are relative to s = |scale| (`fallback_scale` where the scale is 0 or not finite). The non-constant
     bases get `basis_rel_std` times the anchors' reach: anchors that cover little of the image may only bend
     the field a little (it would extrapolate the bend over the uncovered part). The shift is pinned near 0
-    when the family is scale only (tier -1, not `shift_free`), and a positive `scale_hint` (median scaling
-    chosen) holds the scale at the median anchor ratio."""
+    when the family is scale only (tier -1, not `shift_free`), and a positive `scale_hint` (scale only
+    chosen) holds the scale at the anchors' `absrel_scale`."""
     s = xp.where(xp.isfinite(scale) & (scale != 0), xp.abs(scale), fallback_scale)
     reach = xp.clip(coverage, 0.1, 1.0)
     hinted = scale_hint > 0
     mean0 = xp.where(hinted, scale_hint, scale)
-    std0 = xp.where(hinted, MEDIAN_SCALE_REL_STD * scale_hint, config.scale_rel_std * s)
+    std0 = xp.where(hinted, SCALE_ONLY_REL_STD * scale_hint, config.scale_rel_std * s)
     std_shift = xp.where(shift_free, config.shift_rel_std * s, 1e-6 * s)
     basis = [config.basis_rel_std * reach * s] * (k - 1)
     mean = xp.stack([mean0] + [0.0 * s] * (k - 1) + [shift])
@@ -145,9 +145,9 @@ def compose(
     return FieldEstimate(depth, std_m, scale_field, inv)
 
 
-def blend_median(est: FieldEstimate, bases: BasisSet, min_depth_m: float, max_depth_m: float) -> FieldEstimate:
-    """The frame's estimate averaged with median scaling in depth (`bases.blend`, see `select_tier`); the std is
-    the mixture's: each part's own variance (median scaling: its held-out relative RMS error) plus the spread
+def blend_scale_only(est: FieldEstimate, bases: BasisSet, min_depth_m: float, max_depth_m: float) -> FieldEstimate:
+    """The frame's estimate averaged with scale only in depth (`bases.blend`, see `select_tier`); the std is
+    the mixture's: each part's own variance (scale only: its held-out relative RMS error) plus the spread
     between them. Without a blend, `est` itself. The arrays of `est` are reused in place (fresh full-resolution
     arrays cost page faults), so `est` must not be used afterwards."""
     blend = getattr(bases, "blend", None)

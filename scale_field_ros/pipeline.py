@@ -17,7 +17,7 @@ import numpy as np
 from .anchors import Anchors
 from .backbone import Backbone, BackboneOutput
 from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
-from .field import PriorConfig, anchor_design, blend_median, compose, loose_prior, prior_around, relative_to_fit
+from .field import PriorConfig, anchor_design, blend_scale_only, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
@@ -202,9 +202,9 @@ class Pipeline:
             t_filter += time.perf_counter() - tf
         est = compose(bases, fit.weights, fit.covariance, cfg.min_depth_m, cfg.max_depth_m, local, misfit)
         if alone and local is None:
-            # the frame on its own: its pick averaged with median scaling (`select_tier`); not with a local
+            # the frame on its own: its pick averaged with scale only (`select_tier`); not with a local
             # correction, which changes the output beyond the rung whose held-out error sets the weights
-            est = blend_median(est, bases, cfg.min_depth_m, cfg.max_depth_m)
+            est = blend_scale_only(est, bases, cfg.min_depth_m, cfg.max_depth_m)
         std_m = est.std_m
         coasting = coast_exceeded = False
         coast_s = 0.0
@@ -243,7 +243,7 @@ class Pipeline:
         """The frame's basis family: its own choice (what evaluation uses), or with the filter on, the median
         of the latest `_FAMILY_VOTES` own choices of frames whose anchors could choose one.
 
-        Frames without such anchors (none, fewer than a tier's worth, median scaling) keep the state's family:
+        Frames without such anchors (none, fewer than a tier's worth, scale only) keep the state's family:
         the prediction is the prior and the ridge solve toward it copes with few anchors, so the frame coasts
         or nudges the estimate instead of losing its shape. The median keeps a selection that flickers between
         tiers from adding and dropping weights every other frame (the filter carries weights over by name:
@@ -311,7 +311,7 @@ class Pipeline:
             f.remap(_name_index(self._names, bases.names), initial)
         had_state = f.state is not None
         if not had_state and not getattr(bases, "shift_free", True):
-            # median scaling (few or clustered anchors, shift pinned, scale held at the median ratio): no state
+            # scale only (few or clustered anchors, shift pinned, scale held at the anchors' absrel_scale): no state
             # is born from it, its pinned spreads would freeze the random walk; the frame stands alone
             return bases, design, frame_fit, "", 0.0
         predicted = f.predict(stamp_s, initial)
@@ -329,7 +329,7 @@ class Pipeline:
                 if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), self.config.basis) >= 1:
                     self._votes.append(own.tier)
                 if not getattr(own, "shift_free", True):
-                    return bases, design, fit, reason, nis_per_dof  # median scaling: no state is born (see above)
+                    return bases, design, fit, reason, nis_per_dof  # scale only: no state is born (see above)
                 f.predict(stamp_s, initial)  # born again from this frame alone
         if had_state and not reason:
             # the field's model prior (identity correction around this frame's global alignment) holds on

@@ -1,6 +1,6 @@
 """Which basis family a frame's anchors can support: spatially blocked cross-validation over the candidates
-(median scaling, scale and shift, the tiers of `bases`, a depth-affine alignment), and the blend of a richer
-pick with median scaling (`bases.MedianBlend`). `bases.build_bases` calls `select_tier` on the full family."""
+(scale only, scale and shift, the tiers of `bases`, a depth-affine alignment), and the blend of a richer
+pick with scale only (`bases.ScaleOnlyBlend`). `bases.build_bases` calls `select_tier` on the full family."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .bases import BasisConfig, BasisSet, MedianBlend, _restrict, _tier_columns, sample_maps
+from .bases import BasisConfig, BasisSet, ScaleOnlyBlend, _restrict, _tier_columns, sample_maps
 
 
 def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: float = 0.3) -> BasisSet:
@@ -20,7 +20,8 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     folds, so clustered anchors (VIO corners) are held out together and a family that only fits where the
     anchors are, and extrapolates badly elsewhere, scores badly. Each rung is a ridge fit of the same model
     as the solver (relative residuals, weight prior `basis_rel_std`), with gross outliers of a median-scale
-    fit left out; scale only is held out as the median scaling it stands for, and a last candidate, scale and
+    fit left out; scale only is held out as the anchors' AbsRel-optimal scale it stands for (`absrel_scale`), and
+    a last candidate, scale and
     shift in depth, as the robust depth-space alignment it stands for. Held-out errors are AbsRel in depth.
     The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
     covering every cell skip the test (the full family is then always supported).
@@ -28,9 +29,9 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     A richer pick is not trusted alone: few or clustered anchors score it on a handful of held-out points, and
     a tilt that fits them can still extrapolate badly over the image. The frame's output (where no local
     correction is added, `pipeline.py`: the output is then the rung that was scored) averages it with
-    median scaling, weighted by the inverse of each one's held-out mean squared error (Bates and Granger's
-    forecast combination: no weight to tune, and median scaling fades as the pick's held-out error drops below
-    its own). The weights are the frame's own; the temporal filter keeps the single pick (`MedianBlend`).
+    scale only, weighted by the inverse of each one's held-out mean squared error (Bates and Granger's
+    forecast combination: no weight to tune, and scale only fades as the pick's held-out error drops below
+    its own). The weights are the frame's own; the temporal filter keeps the single pick (`ScaleOnlyBlend`).
     """
     cv = cross_validate(full, anchors, config, basis_rel_std)
     if isinstance(cv, BasisSet):
@@ -43,16 +44,16 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
         return chosen
     mse = np.maximum(np.mean(cv.errors[[0, pick]] ** 2, axis=1), 1e-12)
     weight = float(mse[1] / (mse[0] + mse[1]))  # (1 / mse_median) / (1 / mse_median + 1 / mse_pick)
-    return dataclasses.replace(chosen, blend=MedianBlend(weight, cv.s0, float(np.sqrt(mse[0]))))
+    return dataclasses.replace(chosen, blend=ScaleOnlyBlend(weight, cv.s0, float(np.sqrt(mse[0]))))
 
 
 @dataclass(frozen=True)
 class HeldOut:
     """The candidates of `select_tier` scored on one frame's anchors by blocked cross-validation.
 
-    labels: "-1" (median scaling), "0" (scale and shift), "1".."3" (tiers), "affine" (depth-affine alignment).
-    errors: (candidates, anchors) each anchor's held-out AbsRel (gross outliers left out).
-    s0: the median anchor ratio (1/depth) / g. g, depth_m: g and depth at the anchors that were kept."""
+    labels: "-1" (scale only, `absrel_scale`), "0" (scale and shift), "1".."3" (tiers), "affine" (depth-affine
+    alignment). errors: (candidates, anchors) each anchor's held-out AbsRel (gross outliers left out).
+    s0: the anchors' `absrel_scale` of the ratios (1/depth) / g. g, depth_m: g and depth at the anchors kept."""
 
     labels: tuple[str, ...]
     errors: np.ndarray
@@ -79,7 +80,7 @@ def candidate(full: BasisSet, cv: HeldOut, index: int) -> BasisSet:
 
 def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: float = 0.3) -> HeldOut | BasisSet:
     """The held-out errors of `select_tier`'s candidates, or the set itself where no test is needed (many
-    anchors over every cell: the full family) or possible (anchors in one cell: median scaling)."""
+    anchors over every cell: the full family) or possible (anchors in one cell: scale only)."""
     h, w = full.full_shape
     u = np.asarray(anchors.u, np.float64)
     v = np.asarray(anchors.v, np.float64)
@@ -94,7 +95,7 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     g = full.inv_rel[row, col].astype(np.float64)
     y = 1.0 / np.asarray(anchors.depth_m, np.float64)
     ratio = y / g
-    s0 = float(np.median(ratio))
+    s0 = absrel_scale(ratio)
     if len(occupied) < 2 or not (np.isfinite(s0) and s0 > 0):
         hint = s0 if np.isfinite(s0) and s0 > 0 else 0.0
         return _restrict(full, -1, "scale only: anchors in one grid cell", hint)
@@ -121,7 +122,7 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     gram_train = gram_fold.sum(axis=0) - gram_fold  # each fold's training set: every other fold
     rhs_train = rhs_fold.sum(axis=0) - rhs_fold
     held = np.zeros((len(rungs), len(a)))  # each anchor's held-out error under each rung
-    for r, (_, cols) in enumerate(rungs[1:], start=1):  # rung -1 is held out as median scaling below
+    for r, (_, cols) in enumerate(rungs[1:], start=1):  # rung -1 is held out as scale only below
         m = gram_train[:, cols[:, None], cols] + np.diag(prior_prec[cols])
         rhs_f = rhs_train[:, cols] + prior_prec[cols] * prior_mean[cols]
         try:
@@ -133,11 +134,11 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     labels = [str(t) for t, _ in rungs]
     d_good = 1.0 / y[good]
     r_good, g_good = ratio[good], g[good]
-    # scale only is median scaling (the scale the field then keeps): held out as such
+    # scale only is the anchors' AbsRel-optimal scale (the scale the field then keeps): held out as such
     for f in range(n_folds):
         test = fold == f
-        held[0, test] = _held_out_error(np.median(r_good[~test]) / r_good[test])
-    # scale and shift in depth, d = a / g + b (the relative map aligned in depth, then median scaling): weighted
+        held[0, test] = _held_out_error(absrel_scale(r_good[~test]) / r_good[test])
+    # scale and shift in depth, d = a / g + b (the relative map aligned in depth, then scaled): weighted
     # least squares per fold like the rungs' ridge fits (the gross outliers are out already); chosen, it is fitted
     # robustly on all anchors (`_depth_affine`). Last in the order, so it is chosen only where it beats every rung
     # of the field's own family by the tolerance (a relative map that is affine in depth rather than in inverse
@@ -157,6 +158,25 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     held = np.vstack([held, row_affine])
     labels.append("affine")
     return HeldOut(tuple(labels), held, coverage, s0, g[good], d_good)
+
+
+def absrel_scale(ratio: np.ndarray) -> float:
+    """The scale s of inverse depth s * g that minimises the anchors' AbsRel in depth, mean |r_i / s - 1| for
+    r_i = ratio = (1 / depth) / g: with t = 1 / s that is sum r_i |t - 1 / r_i|, so 1 / s is the r-weighted
+    median of 1 / r. Plain median scaling fits the median ratio; AbsRel charges an overestimated depth more
+    than an underestimated one, so where the ratios spread (a relative map far from metric, anchors on two
+    surfaces) this scale leans to the nearer depths: the smaller error and, for a robot, the safer one.
+    Weights are held within half and twice the median ratio's so that a near-zero-depth outlier cannot take it;
+    equal weights give the plain median (each sample sits at the middle of its weight)."""
+    ratio = np.asarray(ratio, np.float64)
+    ok = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if ok.size == 0:
+        return float("nan")
+    t = np.sort(1.0 / ok)
+    med = float(np.median(ok))
+    wts = np.clip(1.0 / t, 0.5 * med, 2.0 * med)
+    position = (np.cumsum(wts) - 0.5 * wts) / wts.sum()
+    return float(1.0 / np.interp(0.5, position, t))
 
 
 def _depth_affine(g: np.ndarray, depth_m: np.ndarray) -> tuple[float, float]:

@@ -202,7 +202,7 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
         min=0.0,
         max=100.0,
     ),
-    "basis.select": dict(description="choose the basis tier (or median scaling) by spatially blocked cross-validation"),
+    "basis.select": dict(description="choose the basis tier (or scale only) by spatially blocked cross-validation"),
     "basis.select_skip_anchors": dict(
         description="this many anchors covering the whole image skip the selection (full family)", min=0, max=1000000
     ),
