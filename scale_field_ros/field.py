@@ -205,12 +205,12 @@ def compose_arrays(
 
 def _relative_std(xp, maps, inv_rel_work, covariance, s_work, shift, lo, var_log_work):
     """Std of log depth at working resolution: the weights' posterior covariance propagated through the
-    model (on a 2x coarser grid, it is smooth), plus the misfit / local-correction variance."""
+    model (on a 4x coarser grid: it is smooth), plus the misfit / local-correction variance."""
     cov = xp.nan_to_num(xp.exact(covariance))
     evals, evecs = xp.eigh(0.5 * (cov + cov.mT))
     root = xp.work(evecs * xp.sqrt(xp.clip(evals, 0.0, None))[..., None, :])  # cov = root @ root.T
-    g2 = inv_rel_work[..., ::2, ::2]
-    m = xp.cat([maps[..., ::2, ::2] * g2[..., None, :, :], xp.ones_like(g2)[..., None, :, :]], -3)
+    g2 = inv_rel_work[..., ::4, ::4]
+    m = xp.cat([maps[..., ::4, ::4] * g2[..., None, :, :], xp.ones_like(g2)[..., None, :, :]], -3)
     z = root.mT @ m.reshape(m.shape[:-2] + (-1,))
     var_inv = xp.einsum("...kp,...kp->...p", z, z).reshape(g2.shape)
     var_inv = xp.upsample(var_inv, inv_rel_work.shape[-2:])

@@ -95,19 +95,16 @@ def solve(
     level: FitLevel = FitLevel.FULL,
 ) -> FitResult:
     """Robust posterior of the weights given the anchors in `design`; never raises on bad data, never NaN."""
-    mean0 = np.nan_to_num(np.asarray(prior.mean, np.float64))
-    cov0 = np.nan_to_num(np.asarray(prior.covariance, np.float64))
+    mean0 = _finite(prior.mean)
+    cov0 = _finite(prior.covariance)
     a = np.asarray(design.matrix, np.float64)
     y = np.asarray(design.target, np.float64)
     sigma = np.asarray(design.sigma, np.float64)
     n_all = len(y)
     usable = np.isfinite(a).all(axis=1) & np.isfinite(y) & np.isfinite(sigma) & (sigma > 0)
-    every = bool(usable.all())  # the usual case: no row copies below
 
     asked = level
-    level, reason = _choose_level(
-        a[:, design.scale_index] if every else a[usable, design.scale_index], design, config, level
-    )
+    level, reason = _choose_level(a[usable, design.scale_index], design, config, level)
     free = _free_columns(level, len(mean0), design)
     if level is FitLevel.PRIOR or not free.any():
         residuals = np.where(usable, y - a @ mean0, 0.0) if n_all else np.zeros(0)
@@ -115,52 +112,28 @@ def solve(
             mean0, cov0, np.nan_to_num(residuals), reason or ("" if asked is FitLevel.PRIOR else "no usable anchors")
         )
 
-    idx = slice(None) if every else np.flatnonzero(usable)
-    a_u, y_u, s_u = a[idx], y[idx], sigma[idx]
-    all_free = bool(free.all())
-    # Conditioning on the fixed columns: they stay at the prior mean and move the target.
-    a_f = a_u if all_free else a_u[:, free]
-    y_f = y_u if all_free else y_u - a_u[:, ~free] @ mean0[~free]
-    mean_f, cov_f = mean0[free], cov0[np.ix_(free, free)]
-    prec_prior = _inverse_spd(cov_f)
-    eta_prior = prec_prior @ mean_f
-    # rows normalised by their sigma once: residuals are then in sigmas, the normal matrix a plain weighted Gram
-    inv_s = 1.0 / s_u
-    a_n = a_f * inv_s[:, None]
-    y_n = y_f * inv_s
-
-    w, cov_post_f, keep = _irls(
-        np.ascontiguousarray(a_n),
-        y_n,
-        prec_prior,
-        eta_prior,
-        mean_f,
+    weights, cov, residuals, inliers, rms = _robust_fit(
+        a,
+        y,
+        sigma,
+        np.flatnonzero(usable),
+        free,
+        mean0,
+        cov0,
         float(config.huber_k),
         float(config.outlier_sigmas),
         int(max(config.irls_iterations, 1)),
         float(config.irls_tolerance),
     )
-
-    weights = mean0.copy()
-    weights[free] = w
-    if all_free:
-        cov = cov_post_f
-    else:
-        cov = cov0.copy()
-        cov[np.ix_(free, free)] = cov_post_f
-        cov[np.ix_(free, ~free)] = 0.0
-        cov[np.ix_(~free, free)] = 0.0
-    fitted_residuals = y_u - a_u @ weights
-    residuals = fitted_residuals if every else np.zeros(n_all)
-    inliers = keep if every else np.zeros(n_all, bool)
-    if not every:
-        residuals[idx] = fitted_residuals
-        inliers[idx] = keep
-    norm = (fitted_residuals * inv_s)[keep]
-    rms = float(np.sqrt(np.mean(norm**2))) if keep.any() else 0.0
     if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(cov))):
         return _prior_fit(mean0, cov0, np.zeros(n_all), "numerical failure in the solve")
-    return FitResult(weights, cov, residuals, inliers, level, int(keep.sum()), rms, reason)
+    return FitResult(weights, cov, residuals, inliers, level, int(inliers.sum()), rms, reason)
+
+
+def _finite(a) -> np.ndarray:
+    """float64, non-finite values zeroed (np.nan_to_num costs ~10x a finiteness check on a small array)."""
+    a = np.asarray(a, np.float64)
+    return a if np.isfinite(a).all() else np.nan_to_num(a)
 
 
 def _prior_fit(mean: np.ndarray, cov: np.ndarray, residuals: np.ndarray, reason: str) -> FitResult:
@@ -289,3 +262,57 @@ def _irls(a_n, y_n, prec_prior, eta_prior, w0, huber_k, outlier_sigmas, iteratio
         if converged and it:
             break
     return w, _inverse_spd(prec), keep
+
+
+@njit(cache=True, nogil=True)
+def _robust_fit(a, y, sigma, rows, free, mean0, cov0, huber_k, outlier_sigmas, iterations, tolerance):
+    """The solve on the usable `rows` with the `free` columns (bool), the others held at the prior mean
+    (conditioning: they move the target, their covariance stays the prior's, uncoupled). Returns weights,
+    covariance, residuals and inlier flags over all rows (0 / False for unusable ones) and the RMS of the
+    inliers' residuals in sigmas."""
+    n_all, k = a.shape
+    cols = np.flatnonzero(free)
+    fixed = np.flatnonzero(~free)
+    a_u = a[rows]
+    inv_s = 1.0 / sigma[rows]
+    y_f = y[rows] - a_u[:, fixed] @ mean0[fixed] if fixed.size else y[rows].copy()
+    # rows normalised by their sigma once: residuals are then in sigmas, the normal matrix a plain weighted Gram
+    a_n = np.ascontiguousarray(a_u[:, cols]) * inv_s.reshape(-1, 1)
+    cov_f = np.empty((cols.size, cols.size))
+    for i in range(cols.size):
+        for j in range(cols.size):
+            cov_f[i, j] = cov0[cols[i], cols[j]]
+    prec_prior = _inverse_spd(cov_f)
+    w, cov_post_f, keep = _irls(
+        a_n,
+        y_f * inv_s,
+        prec_prior,
+        prec_prior @ mean0[cols],
+        mean0[cols],
+        huber_k,
+        outlier_sigmas,
+        iterations,
+        tolerance,
+    )
+    weights = mean0.copy()
+    cov = cov0.copy()
+    for i in range(cols.size):
+        weights[cols[i]] = w[i]
+        for j in range(k):
+            cov[cols[i], j] = 0.0
+            cov[j, cols[i]] = 0.0
+    for i in range(cols.size):
+        for j in range(cols.size):
+            cov[cols[i], cols[j]] = cov_post_f[i, j]
+    fitted = y[rows] - a_u @ weights
+    residuals = np.zeros(n_all)
+    inliers = np.zeros(n_all, np.bool_)
+    total, count = 0.0, 0
+    for i in range(rows.size):
+        residuals[rows[i]] = fitted[i]
+        inliers[rows[i]] = keep[i]
+        if keep[i]:
+            total += (fitted[i] * inv_s[i]) ** 2
+            count += 1
+    rms = np.sqrt(total / count) if count else 0.0
+    return weights, cov, residuals, inliers, rms
