@@ -133,6 +133,43 @@ def bench_scale_field(ctx: BenchContext) -> dict[str, LatencyStats]:
     return stages
 
 
+ONE_CORE_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+
+def bench_scale_field_one_core(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """The "scale_field" stage in a child process held to one CPU core (affinity to one core, one thread for
+    BLAS, OpenMP and OpenCV), the setting of the stage's target: "scale_field_one_core"."""
+    import subprocess
+
+    from .datasets import shared_root
+
+    if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
+        return {}
+    code = f"from scale_field_ros.bench import one_core_child; one_core_child({ctx.repeats})"
+    child = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **ONE_CORE_ENV}, capture_output=True, text=True
+    )
+    if child.returncode != 0:
+        print(f"bench: scale_field_one_core failed: {child.stderr.strip()[-500:]}", file=sys.stderr)
+        return {}
+    return {"scale_field_one_core": latency_stats(json.loads(child.stdout.strip().splitlines()[-1]))}
+
+
+def one_core_child(repeats: int) -> None:
+    """`bench_scale_field_one_core`'s child: pin to the lowest allowed core, time, print the samples as JSON."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import cv2
+
+    from .alloc import keep_frame_buffers
+    from .pipeline import benchmark_scale_field
+
+    cv2.setNumThreads(1)
+    keep_frame_buffers()
+    runs = [benchmark_scale_field(n_anchors=SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(repeats)]
+    print(json.dumps([r["scale_field"] for r in runs]))
+
+
 def scale_field_share(stages: dict[str, LatencyStats]) -> float | None:
     """Median scale-field time over median backbone time (the target is below 0.2)."""
     if "scale_field" not in stages or "backbone" not in stages or stages["backbone"].median <= 0:
@@ -183,6 +220,7 @@ STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [
     bench_backbone,
     bench_backbone_split,
     bench_scale_field,
+    bench_scale_field_one_core,
     bench_node_end_to_end,
     # torch last: its CPU thread pool keeps spinning after a run and slowed the node's frames 5x when it ran first
     bench_scale_field_torch,

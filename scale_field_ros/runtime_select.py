@@ -22,7 +22,7 @@ TORCH_CPU = "torch-cpu"
 TFLITE = "tflite"
 AUTO_ORDER = (TENSORRT, TORCH_CUDA, ORT_CUDA, ORT_CPU, TORCH_CPU, TFLITE)
 FAMILIES = {"torch": (TORCH_CUDA, TORCH_CPU), "onnxruntime": (ORT_CUDA, ORT_CPU), TENSORRT: (TENSORRT,)}
-REQUESTS = ("auto", *FAMILIES, *AUTO_ORDER)  # what `runtime:` accepts
+REQUESTS = tuple(dict.fromkeys(("auto", *FAMILIES, *AUTO_ORDER)))  # what `runtime:` accepts (tensorrt is both)
 DEVICES = ("auto", "cuda", "cpu")
 GPU_RUNTIMES = frozenset({TENSORRT, TORCH_CUDA, ORT_CUDA})
 

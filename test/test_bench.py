@@ -52,6 +52,7 @@ def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
         "backbone_native",
         "scale_field",
         "scale_field_solve",
+        "scale_field_one_core",
         "scale_field_torch",
         "scale_field_torch_bases",
     } <= set(report["stages_ms"])
