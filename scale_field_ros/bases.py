@@ -319,8 +319,32 @@ def depth_partition(log_g: np.ndarray, bins: int) -> list[np.ndarray]:
     sub = log_g[::2, ::2] if log_g.ndim == 2 and min(log_g.shape) >= 8 else log_g  # quantiles need no more
     centres = np.quantile(sub, (np.arange(bins) + 0.5) / bins)
     centres = np.maximum.accumulate(centres + np.arange(bins) * 1e-4)
-    t = np.interp(log_g, centres, np.arange(bins, dtype=np.float64)).astype(np.float32)  # clamped at the ends
-    return [np.maximum(1.0 - np.abs(t - np.float32(i)), 0.0) for i in range(bins)]
+    return list(_hats(np.ascontiguousarray(log_g, np.float32), centres))
+
+
+@njit(cache=True, nogil=True)
+def _hats(log_g, centres):
+    """(bins, h, w) hat functions of position t along the centres (t = i at centre i, linear between,
+    clamped at the ends): each pixel is split between the two hats around its t, in one pass."""
+    bins = centres.size
+    h, w = log_g.shape
+    out = np.zeros((bins, h, w), np.float32)
+    for r in range(h):
+        for c in range(w):
+            x = log_g[r, c]
+            if x <= centres[0]:
+                out[0, r, c] = 1.0
+                continue
+            if x >= centres[bins - 1]:
+                out[bins - 1, r, c] = 1.0
+                continue
+            j = 0
+            while x >= centres[j + 1]:
+                j += 1
+            frac = (x - centres[j]) / (centres[j + 1] - centres[j])
+            out[j, r, c] = 1.0 - frac
+            out[j + 1, r, c] = frac
+    return out
 
 
 def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
