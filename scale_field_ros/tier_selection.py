@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numba import njit
 
 from .bases import BasisConfig, BasisSet, ScaleOnlyBlend, _restrict, _tier_columns, sample_maps
 
@@ -168,15 +169,19 @@ def absrel_scale(ratio: np.ndarray) -> float:
     surfaces) this scale leans to the nearer depths: the smaller error and, for a robot, the safer one.
     Weights are held within half and twice the median ratio's so that a near-zero-depth outlier cannot take it;
     equal weights give the plain median (each sample sits at the middle of its weight)."""
-    ratio = np.asarray(ratio, np.float64)
-    ok = ratio[np.isfinite(ratio) & (ratio > 0)]
+    return float(_absrel_scale(np.asarray(ratio, np.float64)))
+
+
+@njit(cache=True, nogil=True)
+def _absrel_scale(ratio):
+    ok = ratio[np.isfinite(ratio) & (ratio > 0)]  # compiled: it runs once per fold and candidate
     if ok.size == 0:
-        return float("nan")
+        return np.nan
     t = np.sort(1.0 / ok)
-    med = float(np.median(ok))
-    wts = np.clip(1.0 / t, 0.5 * med, 2.0 * med)
+    med = np.median(ok)
+    wts = np.minimum(np.maximum(1.0 / t, 0.5 * med), 2.0 * med)
     position = (np.cumsum(wts) - 0.5 * wts) / wts.sum()
-    return float(1.0 / np.interp(0.5, position, t))
+    return 1.0 / np.interp(0.5, position, t)
 
 
 def _depth_affine(g: np.ndarray, depth_m: np.ndarray) -> tuple[float, float]:
