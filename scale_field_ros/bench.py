@@ -82,6 +82,7 @@ class BenchContext:
     device: str = "cpu"  # resolved --device (cpu or cuda[:N]) for the torch stages
     node: bool = False  # --node: also time the ROS node end to end (needs rclpy)
     info: dict = field(default_factory=dict)  # report entries beside "stages_ms" that a stage bench adds
+    cache: dict = field(default_factory=dict)  # what stage benches share (the backbone output they time on)
 
 
 def bench_backbone(ctx: BenchContext) -> dict[str, LatencyStats]:
@@ -118,55 +119,75 @@ SCALE_FIELD_ANCHORS = 1000
 
 
 def bench_scale_field(ctx: BenchContext) -> dict[str, LatencyStats]:
-    """The scale-field stage (bases, solve, compose, uncertainty) at 640x480 with 1000 anchors, from
-    `pipeline.benchmark_scale_field` (an NYU frame's blurred ground truth as the relative map); one timed
-    frame per call so that the report gets the spread, plus its parts as "scale_field_<part>"."""
+    """The scale-field stage (bases, solve, compose, uncertainty) at the input size with 1000 anchors on this
+    backbone's output for the input frame (its relative map and its features: the feature PCA's cost depends on
+    them), from `pipeline.benchmark_scale_field`; one timed frame per call so that the report gets the spread,
+    plus its parts as "scale_field_<part>"."""
     from .datasets import shared_root
     from .pipeline import benchmark_scale_field
 
     if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
         return {}
-    runs = [benchmark_scale_field(n_anchors=SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(ctx.repeats)]
+    out = _scale_field_input(ctx)
+    runs = [benchmark_scale_field(out, SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(ctx.repeats)]
     stages = {"scale_field": latency_stats([r["scale_field"] for r in runs])}
     for part in ("bases", "solve", "compose"):
         stages[f"scale_field_{part}"] = latency_stats([r[part] for r in runs])
     return stages
 
 
+def _scale_field_input(ctx: BenchContext):
+    """The backbone's output for the input frame, computed once per report."""
+    if "scale_field_input" not in ctx.cache:
+        ctx.cache["scale_field_input"] = ctx.backbone.infer(ctx.rgb)
+    return ctx.cache["scale_field_input"]
+
+
 ONE_CORE_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 
 def bench_scale_field_one_core(ctx: BenchContext) -> dict[str, LatencyStats]:
-    """The "scale_field" stage in a child process held to one CPU core (affinity to one core, one thread for
-    BLAS, OpenMP and OpenCV), the setting of the stage's target: "scale_field_one_core"."""
+    """The "scale_field" stage (same backbone output) in a child process held to one CPU core (affinity to one
+    core, one thread for BLAS, OpenMP and OpenCV), the setting of the stage's target: "scale_field_one_core"."""
     import subprocess
+    import tempfile
 
     from .datasets import shared_root
 
     if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
         return {}
-    code = f"from scale_field_ros.bench import one_core_child; one_core_child({ctx.repeats})"
-    child = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **ONE_CORE_ENV}, capture_output=True, text=True
-    )
+    out = _scale_field_input(ctx)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "output.npz"
+        feats = {f"feature_{k}": v for k, v in out.features.items()}
+        np.savez(path, relative=out.relative, kind=out.kind.value, metric=out.metric, **feats)
+        code = f"from scale_field_ros.bench import one_core_child; one_core_child({str(path)!r}, {ctx.repeats})"
+        child = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **ONE_CORE_ENV}, capture_output=True, text=True
+        )
     if child.returncode != 0:
         print(f"bench: scale_field_one_core failed: {child.stderr.strip()[-500:]}", file=sys.stderr)
         return {}
     return {"scale_field_one_core": latency_stats(json.loads(child.stdout.strip().splitlines()[-1]))}
 
 
-def one_core_child(repeats: int) -> None:
-    """`bench_scale_field_one_core`'s child: pin to the lowest allowed core, time, print the samples as JSON."""
+def one_core_child(output_npz: str, repeats: int) -> None:
+    """`bench_scale_field_one_core`'s child: pin to the lowest allowed core, time the stage on the saved backbone
+    output, print the samples as JSON."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import cv2
 
     from .alloc import keep_frame_buffers
+    from .backbone import BackboneOutput, DepthKind
     from .pipeline import benchmark_scale_field
 
     cv2.setNumThreads(1)
     keep_frame_buffers()
-    runs = [benchmark_scale_field(n_anchors=SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(repeats)]
+    saved = np.load(output_npz)
+    feats = {k.removeprefix("feature_"): saved[k] for k in saved.files if k.startswith("feature_")}
+    out = BackboneOutput(saved["relative"], DepthKind(str(saved["kind"])), bool(saved["metric"]), feats)
+    runs = [benchmark_scale_field(out, SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(repeats)]
     print(json.dumps([r["scale_field"] for r in runs]))
 
 
