@@ -22,7 +22,7 @@ import numpy as np
 from . import msg_codec
 from .anchor_buffer import AnchorBuffer, ImageAnchors, InsertStatus, anchors_for_image
 from .camera import Intrinsics
-from .pipeline import Pipeline, PipelineConfig, PipelineResult
+from .pipeline import Pipeline, PipelineConfig, PipelineResult, warm_up
 from .poses import PoseBuffer
 
 IMAGE_BACKWARDS_TOLERANCE_S = 0.5  # an image stamp this far back means the bag looped: filter and buffers reset
@@ -83,6 +83,7 @@ class FrameProcessor:
         self.config = config
         self.backbone = backbone
         self.pipeline = Pipeline(backbone, config)
+        self.warm_up_s = warm_up(config)  # compiled kernels ready before the first image, not during it
         self.anchor_buffer = AnchorBuffer(settings.anchor_max_age, max_future_s=settings.anchor_max_future)
         self.pose_buffer = PoseBuffer(max_extrapolation_s=settings.odom_max_extrapolation)
         self.camera_info: CameraInfoState | None = None

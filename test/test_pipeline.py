@@ -119,3 +119,14 @@ def test_a_richer_pick_on_few_anchors_is_averaged_with_median_scaling():
     # the mixture's std holds the spread between its parts
     spread = np.abs(single.depth_m - median)
     assert np.all(blended.std_m >= np.sqrt(bases.blend.weight * (1 - bases.blend.weight)) * spread * (1 - 1e-3))
+
+
+def test_warm_up_compiles_every_kernel_the_scale_field_uses():
+    # the node calls it before its first image: each compiled entry point of the solve, the bases and the tier
+    # selection must have run (numba keeps the compiled signatures; kernels they call compile with them)
+    from scale_field_ros import bases, solver, tier_selection
+    from scale_field_ros.pipeline import PipelineConfig, warm_up
+
+    assert warm_up(PipelineConfig(min_depth_m=0.5, max_depth_m=6.0)) >= 0.0
+    for kernel in (solver._robust_fit, bases._bilinear_at, bases._hats, tier_selection._absrel_scale):
+        assert kernel.signatures, kernel.__name__

@@ -182,10 +182,12 @@ class ScaleFieldNode(Node):
         self._inference = threading.Thread(target=self._inference_loop, name="scale_field_inference", daemon=True)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._input_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        warm_s = self.processor.warm_up_s
+        warmed = f" (numeric kernels compiled in {warm_s:.1f} s)" if warm_s > 1.0 else ""
         self.get_logger().info(
             f"ready: backbone {getattr(backbone, 'name', '?')} on {getattr(backbone, 'runtime', '?')}, "
             f"input QoS {settings.input_reliability}, anchors {'world' if settings.anchors_in_world else 'sensor'}"
-            f" frame, filter {'on' if config.filter.enabled else 'off'}"
+            f" frame, filter {'on' if config.filter.enabled else 'off'}" + warmed
         )
         self._inference.start()
 
