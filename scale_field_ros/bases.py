@@ -368,10 +368,13 @@ def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.
     fmap = pick_feature(out, config.feature_name)
     if fmap is None:
         return []
+    fmap = np.asarray(fmap, np.float32)
+    if not np.all(np.isfinite(fmap)):
+        fmap = np.nan_to_num(fmap)
+    h, w = log_g_work.shape
+    fmap = pool_feature(fmap, (h, w))
     c, fh, fw = fmap.shape
-    x = np.asarray(fmap, np.float32).reshape(c, -1)
-    if not np.all(np.isfinite(x)):
-        x = np.nan_to_num(x)
+    x = fmap.reshape(c, -1)
     x = x - x.mean(axis=1, keepdims=True)
     cov = (x @ x.T).astype(np.float64) / max(x.shape[1] - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
@@ -381,7 +384,6 @@ def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.
         return []
     order = order[evals[order] > 1e-9 * evals[order[0]]]
     comps = (evecs[:, order].T.astype(np.float32) @ x).reshape(len(order), fh, fw)
-    h, w = log_g_work.shape
     guide_small = cv2.resize(log_g_work, (fw, fh), interpolation=cv2.INTER_AREA).ravel()
     guide_small = guide_small - guide_small.mean()
     signs = np.where(comps.reshape(len(order), -1) @ guide_small < 0, -1.0, 1.0).astype(np.float32)  # deterministic
@@ -391,6 +393,27 @@ def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.
     maps = np.ascontiguousarray(up.transpose(2, 0, 1))
     maps -= maps.mean(axis=(1, 2), keepdims=True)
     return list(maps)
+
+
+def feature_pool_factor(feature_hw: tuple[int, int], work_hw: tuple[int, int]) -> int:
+    """Block size by which the feature map is mean-pooled before the PCA and the guided filter's fit: the
+    smallest integer that brings it to at most half the working size (1: kept). Finer features add cost, not
+    detail: the guided filter takes the edges from the relative depth."""
+    ratio = max(feature_hw[0] / max(work_hw[0] // 2, 1), feature_hw[1] / max(work_hw[1] // 2, 1))
+    return max(1, int(np.ceil(ratio - 1e-9)))
+
+
+def pool_feature(fmap: np.ndarray, work_hw: tuple[int, int]) -> np.ndarray:
+    """C x h' x w' feature map mean-pooled in f x f blocks (`feature_pool_factor`; a partial last block is
+    dropped, as torch's avg_pool2d does)."""
+    c, fh, fw = fmap.shape
+    f = feature_pool_factor((fh, fw), work_hw)
+    if f == 1:
+        return fmap
+    ph, pw = fh // f, fw // f
+    crop = fmap[:, : ph * f, : pw * f]
+    # cv2's area shrink by a whole factor is the block mean, and per 2-D channel its fast path (~3 us each)
+    return np.stack([cv2.resize(ch, (pw, ph), interpolation=cv2.INTER_AREA) for ch in crop])
 
 
 def guided_upsample(guide: np.ndarray, src_small: np.ndarray, radius: int, eps: float) -> np.ndarray:

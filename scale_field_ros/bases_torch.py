@@ -32,6 +32,7 @@ from .bases import (
     BasisConfig,
     BasisSet,
     family_for_anchors,
+    feature_pool_factor,
     pick_feature,
     position_maps,
     working_shape,
@@ -278,9 +279,12 @@ def feature_components(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched `bases.feature_components`: feature (B, C, h', w') -> maps (B, k, h, w) and kept (B, k) bool
     (False where numpy keeps no component: negligible variance; those maps are zero)."""
+    feature = torch.nan_to_num(feature.to(log_g_work.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    pool = feature_pool_factor(tuple(feature.shape[-2:]), tuple(log_g_work.shape[-2:]))
+    feature = F.avg_pool2d(feature, pool) if pool > 1 else feature  # as `bases.pool_feature`
     bsz, c, fh, fw = feature.shape
     k = min(config.feature_components, c)
-    x = torch.nan_to_num(feature.reshape(bsz, c, -1).to(log_g_work.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    x = feature.reshape(bsz, c, -1)
     x = x - x.mean(dim=-1, keepdim=True)
     cov = (x @ x.transpose(1, 2)) / max(x.shape[-1] - 1, 1)
     vecs, vals = leading_components(cov, k)
