@@ -76,3 +76,27 @@ def test_nan_rows_are_ignored_and_nothing_is_nan(kitti):
     fit = solve(Design(m, t, design.sigma, 0, 1), LOOSE)
     np.testing.assert_allclose(fit.weights, truth, rtol=1e-3, atol=1e-4)
     assert np.all(np.isfinite(fit.residuals)) and not fit.inliers[:20].any()
+
+
+def test_a_prior_that_is_not_positive_definite_gives_the_prior_with_a_reason(nyu):
+    # a corrupt state (a negative variance) fails the compiled Cholesky: no exception and no NaN, the prior
+    # comes back flagged as a numerical failure
+    design, _ = _gt_design(nyu.frame(0), n=100)
+    bad = Prior(np.array([1.0, 0.0]), np.array([[-1.0, 0.0], [0.0, 1.0]]))
+    fit = solve(design, bad)
+    assert fit.level is FitLevel.PRIOR and "numerical failure" in fit.fallback_reason
+    assert np.all(np.isfinite(fit.weights)) and np.all(np.isfinite(fit.residuals))
+
+
+def test_columns_held_at_the_prior_stay_there_uncoupled(sun3d):
+    # the scale-and-shift rung of a 3-weight model: the third weight keeps its prior mean and variance and no
+    # covariance with the fitted two (the compiled conditioning on fixed columns)
+    design, truth = _gt_design(sun3d.frame(0), n=200)
+    extra = design.matrix[:, :1] * np.linspace(-1.0, 1.0, len(design))[:, None]
+    d3 = Design(np.hstack([design.matrix[:, :1], extra, design.matrix[:, 1:]]), design.target, design.sigma, 0, 2)
+    prior = Prior.diagonal([1.0, 0.0, 0.0], [100.0, 0.3, 100.0])
+    fit = solve(d3, prior, level=FitLevel.SCALE_SHIFT)
+    assert fit.level is FitLevel.SCALE_SHIFT
+    np.testing.assert_allclose(fit.weights[[0, 2]], truth, rtol=1e-3, atol=1e-4)
+    assert fit.weights[1] == 0.0 and fit.covariance[1, 1] == prior.covariance[1, 1]
+    assert not fit.covariance[1, [0, 2]].any() and not fit.covariance[[0, 2], 1].any()
