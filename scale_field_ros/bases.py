@@ -49,10 +49,9 @@ class BasisConfig:
 
 @dataclass(frozen=True)
 class ScaleOnlyBlend:
-    """Scale only (the anchors' `absrel_scale`) averaged into the frame's output (see `select_tier`): its weight,
-    its scale s0 (inverse
-    depth s0 * g over the relative map the set was selected on, `BasisSet.family` or the set itself) and its
-    held-out relative RMS error (its share of the published std)."""
+    """Scale only (the anchors' `absrel_scale`) averaged into the frame's output (see `select_tier`): its
+    weight, its scale s0 (inverse depth s0 * g over the relative map the set was selected on, `BasisSet.family`
+    or the set itself) and its held-out relative RMS error (its share of the published std)."""
 
     weight: float
     scale: float

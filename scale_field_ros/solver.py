@@ -7,8 +7,8 @@ Robustness: iteratively reweighted least squares with Huber weights on residuals
 by a MAD estimate of their spread, then hard rejection of gross outliers, so that a tenth of wild anchors
 does not move the result. A ladder keeps the fit well posed when anchors are few or degenerate:
 full field -> scale and shift -> scale only -> prior only.
-The IRLS loop and the small SPD algebra are compiled with numba (`cache=True`: once per install, the first
-solve in a fresh install takes about a second); the level ladder and bookkeeping stay in Python.
+The IRLS loop and the small SPD algebra are compiled with numba (`cache=True`: once per install, seconds on a
+fresh one; `pipeline.warm_up` does it before the first frame); the level ladder stays in Python.
 """
 
 from __future__ import annotations
