@@ -200,14 +200,16 @@ def scale_field_share(stages: dict[str, LatencyStats]) -> float | None:
 
 def bench_scale_field_torch(ctx: BenchContext) -> dict[str, LatencyStats]:
     """The torch scale-field stage (bases, anchor design, both solves, compose; `field_torch`) on `ctx.device`,
-    same frame and anchor count as "scale_field", plus its parts as "scale_field_torch_<part>"."""
+    same backbone output and anchor count as "scale_field", plus its parts as "scale_field_torch_<part>"."""
     from .datasets import shared_root
 
     if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
         return {}
     from .field_torch import benchmark_scale_field_torch
 
-    run = benchmark_scale_field_torch(ctx.device, n_anchors=SCALE_FIELD_ANCHORS, repeats=ctx.repeats)
+    run = benchmark_scale_field_torch(
+        ctx.device, n_anchors=SCALE_FIELD_ANCHORS, repeats=ctx.repeats, out=_scale_field_input(ctx)
+    )
     stages = {"scale_field_torch": latency_stats(run["scale_field_samples"])}
     for part in ("bases", "solve", "compose"):
         stages[f"scale_field_torch_{part}"] = latency_stats(run[f"{part}_samples"])

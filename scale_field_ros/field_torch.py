@@ -493,12 +493,17 @@ def compose(
 
 
 def benchmark_scale_field_torch(
-    device: str = "cpu", n_anchors: int = 1000, repeats: int = 30, dtype: torch.dtype = torch.float32, seed: int = 0
+    device: str = "cpu",
+    n_anchors: int = 1000,
+    repeats: int = 30,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    out=None,
 ) -> dict[str, float | list[float]]:
     """Median milliseconds of the torch scale-field stage (bases, anchor design, both solves, compose) on
     `device`, and each timed call's total under "scale_field_samples".
 
-    Input: `pipeline.benchmark_input` (the numpy benchmark's frame and anchors); its relative map and feature
+    Input: `pipeline.benchmark_input(out)` (the numpy benchmark's frame and anchors); its relative map and feature
     map are uploaded once, as the backbone would leave them on the device. The bases are the full analytic
     family (`bases_torch.analytic_bases`; the numpy stage picks the same family for these anchors), so the
     timed part is what the GPU path runs per frame after the backbone. The device is synchronised around
@@ -512,7 +517,7 @@ def benchmark_scale_field_torch(
 
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    out, anchors = benchmark_input(None, n_anchors, seed)
+    out, anchors = benchmark_input(out, n_anchors, seed)
     config = BasisConfig()
 
     def put(a):
