@@ -259,10 +259,14 @@ def _warn_graph_config(graph: str, wanted: str) -> None:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _tier_columns(names: tuple[str, ...], tier: int) -> np.ndarray:
-    """Indices of the maps of `tier` inside the largest family (tiers are nested)."""
+    """Indices of the maps of `tier` inside the largest family (tiers are nested); read-only, cached (the
+    names are parsed for every candidate of every frame)."""
     if tier <= 0:
-        return np.array([0])
+        cols = np.array([0])
+        cols.setflags(write=False)
+        return cols
     keep = []
     for i, n in enumerate(names):
         if n == "const" or (n.startswith("x") and (tier >= 2 or sum(map(int, n[1:].split("y"))) <= 1)):
@@ -271,7 +275,9 @@ def _tier_columns(names: tuple[str, ...], tier: int) -> np.ndarray:
             keep.append(i)
         elif n.startswith("pca") and tier >= 3:
             keep.append(i)
-    return np.array(keep)
+    cols = np.array(keep)
+    cols.setflags(write=False)
+    return cols
 
 
 def _restrict(full: BasisSet, tier: int, why: str, scale_hint: float = 0.0) -> BasisSet:
