@@ -21,11 +21,10 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     folds, so clustered anchors (VIO corners) are held out together and a family that only fits where the
     anchors are, and extrapolates badly elsewhere, scores badly. Each rung is a ridge fit of the same model
     as the solver (relative residuals, weight prior `basis_rel_std`), with gross outliers of a median-scale
-    fit left out; scale only is held out as the anchors' AbsRel-optimal scale it stands for (`absrel_scale`), and
-    a last candidate, scale and
-    shift in depth, as the robust depth-space alignment it stands for. Held-out errors are AbsRel in depth.
-    The simplest rung within `select_tolerance` of the best held-out error wins. Many anchors
-    covering every cell skip the test (the full family is then always supported).
+    fit left out; scale only is held out as the anchors' AbsRel-optimal scale it stands for (`absrel_scale`),
+    and a last candidate, scale and shift in depth, as the robust depth-space alignment it stands for.
+    Held-out errors are AbsRel in depth. The simplest rung within `select_tolerance` of the best held-out error
+    wins. Many anchors covering every cell skip the test (the full family is then always supported).
 
     A richer pick is not trusted alone: few or clustered anchors score it on a handful of held-out points, and
     a tilt that fits them can still extrapolate badly over the image. The frame's output (where no local
@@ -44,7 +43,7 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     if pick == 0 or not cv.errors.shape[1]:
         return chosen
     mse = np.maximum(np.mean(cv.errors[[0, pick]] ** 2, axis=1), 1e-12)
-    weight = float(mse[1] / (mse[0] + mse[1]))  # (1 / mse_median) / (1 / mse_median + 1 / mse_pick)
+    weight = float(mse[1] / (mse[0] + mse[1]))  # (1 / mse_scale) / (1 / mse_scale + 1 / mse_pick)
     return dataclasses.replace(chosen, blend=ScaleOnlyBlend(weight, cv.s0, float(np.sqrt(mse[0]))))
 
 
