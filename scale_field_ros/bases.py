@@ -468,9 +468,12 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
 
 
 def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear samples (N, K) of K x h x w maps at full-resolution pixel coordinates u, v."""
+    """Bilinear samples (N, K) of K x h x w maps at full-resolution pixel coordinates u, v (finite: the compiled
+    gather has no bounds check, so a NaN coordinate is refused here; anchors come sanitized)."""
     k, h, w = maps.shape
     fh, fw = full_shape
+    if not (np.isfinite(u).all() and np.isfinite(v).all()):
+        raise ValueError("sample_maps: pixel coordinates must be finite (sanitize the anchors first)")
     x = np.clip((np.asarray(u, np.float64) + 0.5) * (w / fw) - 0.5, 0, w - 1)
     y = np.clip((np.asarray(v, np.float64) + 0.5) * (h / fh) - 0.5, 0, h - 1)
     return _bilinear_at(np.ascontiguousarray(maps), x, y)

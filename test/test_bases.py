@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from field_backbone import infer
 
 from scale_field_ros.backbone import BackboneOutput, DepthKind
@@ -84,3 +85,9 @@ def test_basis_outputs_of_a_graph_are_never_taken_for_the_pca_feature():
     }
     with_maps = dataclasses.replace(out, features={**out.features, **extra})
     assert pick_feature(with_maps, "") is finest
+
+
+def test_sampling_refuses_non_finite_coordinates():
+    maps = np.ones((2, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        sample_maps(maps, np.array([1.0, np.nan]), np.array([1.0, 2.0]), (8, 10))
