@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .anchors import Anchors
-from .backbone import Backbone, BackboneOutput
+from .backbone import Backbone, BackboneOutput, DepthKind
 from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
 from .field import PriorConfig, anchor_design, blend_scale_only, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
@@ -503,8 +503,6 @@ def warm_up(config: PipelineConfig | None = None) -> float:
     rows, cols = np.mgrid[0:h, 0:w]
     rel = (1.0 + rows / h + 0.3 * np.sin(cols / 7.0)).astype(np.float32)
     feats = np.stack([np.sin(cols / (3.0 + i)) * np.cos(rows / (5.0 + i)) for i in range(8)]).astype(np.float32)
-    from .backbone import DepthKind
-
     out = BackboneOutput(rel, DepthKind.DEPTH, True, {"warm_up": feats})
     pick = np.random.default_rng(0).choice(h * w, 80, replace=False)
     depth = np.sqrt(cfg.min_depth_m * cfg.max_depth_m) * rel.ravel()[pick] / float(rel.mean())
@@ -525,7 +523,6 @@ def benchmark_input(
 
     rng = np.random.default_rng(seed)
     if out is None:
-        from .backbone import DepthKind
         from .datasets import load_dataset, shared_root
 
         frame = load_dataset(shared_root() / "data" / "nyu").frame(0)
