@@ -199,19 +199,18 @@ def _build_family(out, config, tier, constant, g, g_work, log_g, med) -> BasisSe
     maps = list(position.maps)
     names = list(position.names)
     if tier >= 2 and not constant and config.depth_bins >= 2:
-        for i, m in enumerate(depth_partition(log_g, config.depth_bins)):
-            maps.append(m)
-            names.append(f"depth{i}")
+        maps.extend(depth_partition(log_g, config.depth_bins))
+        names.extend(f"depth{i}" for i in range(config.depth_bins))
     if tier >= 3 and not constant and config.feature_components > 0:
         comps = feature_components(out, config, log_g)
-        for i, m in enumerate(comps):
-            maps.append(m)
-            names.append(f"pca{i}")
-    stack = np.stack(maps).astype(np.float32)
+        maps.extend(comps)
+        names.extend(f"pca{i}" for i in range(len(comps)))
+    stack = np.stack(maps).astype(np.float32, copy=False)  # its parts are float32: no second copy
     n_pos = len(position.maps)  # position maps come normalised
     if len(stack) > n_pos:
-        rms = np.sqrt(np.mean(stack[n_pos:] ** 2, axis=(1, 2), keepdims=True))
-        stack[n_pos:] /= np.maximum(rms, 1e-6)
+        rest = stack[n_pos:].reshape(len(stack) - n_pos, -1)
+        rms = np.sqrt(np.einsum("kp,kp->k", rest, rest) / rest.shape[1])
+        rest /= np.maximum(rms, 1e-6).astype(np.float32)[:, None]
     return BasisSet(stack, tuple(names), g, g_work.astype(np.float32), med, constant, tier, "count")
 
 
@@ -389,13 +388,13 @@ def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.
         return []
     order = order[evals[order] > 1e-9 * evals[order[0]]]
     comps = (evecs[:, order].T.astype(np.float32) @ x).reshape(len(order), fh, fw)
-    guide_small = cv2.resize(log_g_work, (fw, fh), interpolation=cv2.INTER_AREA).ravel()
-    guide_small = guide_small - guide_small.mean()
-    signs = np.where(comps.reshape(len(order), -1) @ guide_small < 0, -1.0, 1.0).astype(np.float32)  # deterministic
+    guide = np.asarray(log_g_work, np.float32)
+    guide_small = cv2.resize(guide, (fw, fh), interpolation=cv2.INTER_AREA)
+    centred = guide_small.ravel() - guide_small.mean()
+    signs = np.where(comps.reshape(len(order), -1) @ centred < 0, -1.0, 1.0).astype(np.float32)  # deterministic
     # all components in one multi-channel image, one fast guided filter for all of them
     stacked = np.ascontiguousarray((comps * signs[:, None, None]).transpose(1, 2, 0))
-    up = guided_upsample(log_g_work.astype(np.float32), stacked, config.guided_radius, config.guided_eps)
-    maps = np.ascontiguousarray(up.transpose(2, 0, 1))
+    maps = guided_upsample(guide, stacked, config.guided_radius, config.guided_eps, guide_small)
     maps -= maps.mean(axis=(1, 2), keepdims=True)
     return list(maps)
 
@@ -421,29 +420,40 @@ def pool_feature(fmap: np.ndarray, work_hw: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(ch, (pw, ph), interpolation=cv2.INTER_AREA) for ch in crop])
 
 
-def guided_upsample(guide: np.ndarray, src_small: np.ndarray, radius: int, eps: float) -> np.ndarray:
+def guided_upsample(
+    guide: np.ndarray, src_small: np.ndarray, radius: int, eps: float, guide_small: np.ndarray | None = None
+) -> np.ndarray:
     """Fast guided filter (He and Sun 2015): the guided filter's linear coefficients a, b are fitted at the
-    resolution of `src_small` (h' x w' x C) against the guide shrunk to it, then upsampled and applied to the
-    full guide (h x w): edges of the guide, at the cost of the small image. Returns h x w x C float32."""
+    resolution of `src_small` (h' x w' x C) against the guide shrunk to it (`guide_small` when the caller has
+    it), then upsampled and applied to the full guide (h x w): edges of the guide, at the cost of the small
+    image. Returns C x h x w float32 (as the torch version, `bases_torch.guided_upsample`)."""
     h, w = guide.shape
-    sh, sw = src_small.shape[:2]
-    c = src_small.shape[2]
-    guide_small = cv2.resize(guide, (sw, sh), interpolation=cv2.INTER_AREA)
+    sh, sw, c = src_small.shape
+    if guide_small is None:
+        guide_small = cv2.resize(guide, (sw, sh), interpolation=cv2.INTER_AREA)
     r_small = max(1, int(round(radius * sw / w)))
     ksize = (2 * r_small + 1, 2 * r_small + 1)
 
     def box(a):
         return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT).reshape(a.shape)
 
-    mean_i = box(guide_small)[:, :, None]
-    var_i = box(guide_small * guide_small)[:, :, None] - mean_i * mean_i
+    def channels(a):
+        # the grey guide's statistics repeated over the C channels: between same-shaped arrays numpy's inner
+        # loops run over whole rows; against a broadcast length-1 channel axis they are C long, several times slower
+        return np.repeat(a[:, :, None], c, axis=2)
+
+    mean_i = box(guide_small)
+    var_i = channels(box(guide_small * guide_small) - mean_i * mean_i)
+    mean_i = channels(mean_i)
     mean_p = box(src_small)
-    cov_ip = box(src_small * guide_small[:, :, None]) - mean_i * mean_p
+    cov_ip = box(src_small * channels(guide_small)) - mean_i * mean_p
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    a_up = cv2.resize(box(a), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
-    b_up = cv2.resize(box(b), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c)
-    return a_up * guide[:, :, None] + b_up
+    a_up = cv2.resize(box(a), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c).transpose(2, 0, 1)
+    b_up = cv2.resize(box(b), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c).transpose(2, 0, 1)
+    out = np.multiply(a_up, guide, out=np.empty((c, h, w), np.float32))  # C-ordered (order 'K' would keep HWC)
+    out += b_up
+    return out
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
