@@ -101,7 +101,7 @@ def solve(
     y = np.asarray(design.target, np.float64)
     sigma = np.asarray(design.sigma, np.float64)
     n_all = len(y)
-    usable = np.isfinite(a).all(axis=1) & np.isfinite(y) & np.isfinite(sigma) & (sigma > 0)
+    usable = _usable_rows(a, y, sigma)
 
     asked = level
     level, reason = _choose_level(a[usable, design.scale_index], design, config, level)
@@ -146,8 +146,7 @@ def _choose_level(scale_col: np.ndarray, design: Design, config: SolverConfig, l
     n = len(scale_col)
     if n == 0:
         return FitLevel.PRIOR, "no usable anchors" if level is not FitLevel.PRIOR else ""
-    distinct = len(np.unique(scale_col))
-    spread = float(np.std(scale_col) / max(np.mean(np.abs(scale_col)), 1e-12))
+    distinct, spread = _column_stats(scale_col, max(config.min_anchors_full, 2))
     reasons = []
     rung = _LADDER.index(level)
     if rung <= 0 and (n < config.min_anchors_full or distinct < config.min_anchors_full):
@@ -159,6 +158,31 @@ def _choose_level(scale_col: np.ndarray, design: Design, config: SolverConfig, l
         reasons.append(f"anchors do not constrain a shift ({n} anchors, relative spread {spread:.2g})")
         rung = 2
     return _LADDER[rung], "; ".join(reasons)
+
+
+@njit(cache=True, nogil=True)
+def _usable_rows(a, y, sigma):
+    """Rows with a finite design row, target and sigma, and a positive sigma (one pass, no temporaries)."""
+    n, k = a.shape
+    usable = np.empty(n, np.bool_)
+    for i in range(n):
+        ok = np.isfinite(y[i]) and np.isfinite(sigma[i]) and sigma[i] > 0.0
+        for j in range(k):
+            ok = ok and np.isfinite(a[i, j])
+        usable[i] = ok
+    return usable
+
+
+@njit(cache=True, nogil=True)
+def _column_stats(col, needed):
+    """(distinct values, relative spread std / mean |x|) of the scale column. The count is exact below
+    `needed` (it is only compared with it): with many anchors the first few already have that many, and
+    sorting them all three times a frame cost ~0.1 ms."""
+    head = np.sort(col[: 4 * needed])
+    if head.size < col.size and np.sum(head[1:] != head[:-1]) + 1 < needed:
+        head = np.sort(col)
+    distinct = np.sum(head[1:] != head[:-1]) + 1
+    return distinct, np.std(col) / max(np.mean(np.abs(col)), 1e-12)
 
 
 def _free_columns(level: FitLevel, k: int, design: Design) -> np.ndarray:
