@@ -86,7 +86,7 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     v = np.asarray(anchors.v, np.float64)
     n = len(u)
     cell = np.clip((v * 4 / h).astype(np.int64), 0, 3) * 4 + np.clip((u * 4 / w).astype(np.int64), 0, 3)
-    occupied = np.unique(cell)
+    occupied = np.flatnonzero(np.bincount(cell, minlength=16))  # sorted, as np.unique; no sort of n values
     coverage = anchor_coverage(u, v, (h, w))
     if n >= config.select_skip_anchors and len(occupied) == 16 and coverage > 0.9:
         return dataclasses.replace(full, coverage=coverage)
@@ -222,6 +222,6 @@ def anchor_coverage(u: np.ndarray, v: np.ndarray, shape: tuple[int, int], cells:
         return 0.0
     cx = np.clip((np.asarray(u) * cells / w).astype(np.int64), 0, cells - 1)
     cy = np.clip((np.asarray(v) * cells / h).astype(np.int64), 0, cells - 1)
-    occupied = np.unique(cy * cells + cx).size
+    occupied = np.count_nonzero(np.bincount(cy * cells + cx, minlength=cells * cells))
     expected = cells * cells * (1.0 - (1.0 - 1.0 / (cells * cells)) ** n)
     return float(min(1.0, occupied / expected))
