@@ -456,27 +456,6 @@ def guided_upsample(
     return out
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s guided filter with a grey guide: edges of `guide` are transferred to `src`.
-    `src` is h x w or h x w x C (C filtered channels at once)."""
-    ksize = (2 * radius + 1, 2 * radius + 1)
-
-    def box(a):
-        return cv2.boxFilter(a, -1, ksize, borderType=cv2.BORDER_REFLECT)
-
-    multi = src.ndim == 3
-    g = guide[:, :, None] if multi else guide
-    mean_i = box(guide)
-    var_i = box(guide * guide) - mean_i * mean_i
-    if multi:
-        mean_i, var_i = mean_i[:, :, None], var_i[:, :, None]
-    mean_p = box(src).reshape(src.shape)
-    cov_ip = box(src * g).reshape(src.shape) - mean_i * mean_p
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    return box(a).reshape(src.shape) * g + box(b).reshape(src.shape)
-
-
 def sample_maps(maps: np.ndarray, u: np.ndarray, v: np.ndarray, full_shape: tuple[int, int]) -> np.ndarray:
     """Bilinear samples (N, K) of K x h x w maps at full-resolution pixel coordinates u, v (finite: the compiled
     gather has no bounds check, so a NaN coordinate is refused here; anchors come sanitized)."""

@@ -131,7 +131,8 @@ def _window_mean(a: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """`bases.guided_filter` in torch, batched: guide B x 1 x h x w, src B x C x h x w."""
+    """He et al.'s guided filter with a grey guide, batched: guide B x 1 x h x w, src B x C x h x w (edges of
+    the guide transferred to src)."""
     mean_i, mean_p = box_filter(guide, radius), box_filter(src, radius)
     cov_ip = box_filter(guide * src, radius) - mean_i * mean_p
     var_i = box_filter(guide * guide, radius) - mean_i * mean_i
