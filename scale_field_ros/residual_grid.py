@@ -219,8 +219,11 @@ def push_pull(
 def splat_bilinear(
     x: np.ndarray, y: np.ndarray, weight: np.ndarray, value: np.ndarray, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of weight and weight * value, each sample spread bilinearly over its 4 nearest pixels (float32)."""
+    """Sums of weight and weight * value, each sample spread bilinearly over its 4 nearest pixels (float32).
+    Coordinates must be finite (the compiled scatter has no bounds check; a NaN one is refused here)."""
     h, w = shape
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("splat_bilinear: sample coordinates must be finite")
     x = np.clip(np.asarray(x, np.float64), 0, w - 1.001)
     y = np.clip(np.asarray(y, np.float64), 0, h - 1.001)
     wsum, vsum = _splat(x, y, np.asarray(weight, np.float64), np.asarray(value, np.float64), h, w)

@@ -179,9 +179,10 @@ def _column_stats(col, needed):
     `needed` (it is only compared with it): with many anchors the first few already have that many, and
     sorting them all three times a frame cost ~0.1 ms."""
     head = np.sort(col[: 4 * needed])
-    if head.size < col.size and np.sum(head[1:] != head[:-1]) + 1 < needed:
-        head = np.sort(col)
     distinct = np.sum(head[1:] != head[:-1]) + 1
+    if distinct < needed and head.size < col.size:
+        every = np.sort(col)
+        distinct = np.sum(every[1:] != every[:-1]) + 1
     return distinct, np.std(col) / max(np.mean(np.abs(col)), 1e-12)
 
 

@@ -54,6 +54,11 @@ def test_splat_conserves_weight_and_a_pixel_centre_sample_stays_on_its_pixel():
     assert wsum[4:6, 10:12].sum() == pytest.approx(2.0)  # the second sample over its 4 neighbours
 
 
+def test_splat_refuses_non_finite_coordinates():
+    with pytest.raises(ValueError, match="finite"):
+        splat_bilinear(np.array([1.0, np.nan]), np.array([1.0, 2.0]), np.ones(2), np.zeros(2), (4, 4))
+
+
 def test_push_pull_recovers_the_true_correction_between_anchors():
     # the log ratio between metric and relative inverse depth on a real NYU frame is smooth but not constant:
     # interpolated from 300 anchors, it is closer to the truth at every other valid pixel than no correction

@@ -65,6 +65,13 @@ def test_ladder_for_few_and_degenerate_anchors(nyu):
     same = np.repeat(design.matrix[:1], 30, axis=0)  # all anchors on one pixel
     pile = solve(Design(same, np.repeat(design.target[:1], 30), np.repeat(design.sigma[:1], 30), 0, 1), LOOSE, cfg)
     assert pile.level is FitLevel.SCALE and np.all(np.isfinite(pile.weights))
+    # many anchors on a few pixels, the first ones all on one: counted over all of them, not only the first
+    rows = np.r_[np.zeros(40, int), np.arange(1, 4).repeat(20)]  # 4 distinct pixels, 100 anchors
+    few_px = solve(Design(design.matrix[rows], design.target[rows], design.sigma[rows], 0, 1), LOOSE, cfg)
+    assert few_px.level is FitLevel.SCALE_SHIFT and "4 distinct" in few_px.fallback_reason
+    rows = np.r_[np.zeros(40, int), np.arange(1, 20)]  # 20 distinct pixels after 40 on one
+    spread = solve(Design(design.matrix[rows], design.target[rows], design.sigma[rows], 0, 1), LOOSE, cfg)
+    assert spread.level is FitLevel.FULL
 
 
 def test_nan_rows_are_ignored_and_nothing_is_nan(kitti):
