@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from .bases import BasisConfig, BasisSet, ScaleOnlyBlend, _restrict, _tier_columns, sample_maps
+from .solver import _solve_spd
 
 
 def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: float = 0.3) -> BasisSet:
@@ -100,63 +101,35 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
         hint = s0 if np.isfinite(s0) and s0 > 0 else 0.0
         return _restrict(full, -1, "scale only: anchors in one grid cell", hint)
     log_r = np.log(ratio / s0)
-    mad = 1.4826 * float(np.median(np.abs(log_r - np.median(log_r))))
-    good = np.abs(log_r - np.median(log_r)) <= max(4.0 * mad, np.log(1.5))
+    dev = np.abs(log_r - np.median(log_r))
+    good = dev <= max(4.0 * 1.4826 * float(np.median(dev)), np.log(1.5))
     b = sample_maps(full.maps, u, v, full.full_shape)
     # rows in relative units: pred / y; weights in units of s0 (basis columns) and s0 (shift)
     a = np.concatenate([b * (g * s0 / y)[:, None], (s0 / y)[:, None]], axis=1)[good]
     fold = np.searchsorted(occupied, cell[good]) % min(5, len(occupied))
     k = full.k
-    rungs = [(-1, np.array([0])), (0, np.array([0, k]))]
-    for t in range(1, full.tier + 1):
-        rungs.append((t, np.append(_tier_columns(full.names, t), k)))
-    noise_prec = 1.0 / 0.02**2
+    rungs = [np.array([0, k])]  # scale and shift, then the tiers (scale only, rung -1, is held out below)
+    rungs += [np.append(_tier_columns(full.names, t), k) for t in range(1, full.tier + 1)]
+    cols = np.full((len(rungs), k + 1), -1, np.int64)
+    for r, c in enumerate(rungs):
+        cols[r, : len(c)] = c
     prior_prec = np.full(k + 1, 1.0 / basis_rel_std**2)
     prior_prec[0] = prior_prec[k] = 1.0 / 9.0
     prior_mean = np.zeros(k + 1)
     prior_mean[0] = 1.0
     n_folds = int(fold.max()) + 1
-    member = (fold[None, :] == np.arange(n_folds)[:, None]).astype(np.float64)  # (F, n) one-hot of the folds
-    gram_fold = noise_prec * ((a.T[None] * member[:, None, :]) @ a)  # (F, K+1, K+1), each fold's own rows
-    rhs_fold = noise_prec * (member @ a)  # (F, K+1)
-    gram_train = gram_fold.sum(axis=0) - gram_fold  # each fold's training set: every other fold
-    rhs_train = rhs_fold.sum(axis=0) - rhs_fold
-    held = np.zeros((len(rungs), len(a)))  # each anchor's held-out error under each rung
-    for r, (_, cols) in enumerate(rungs[1:], start=1):  # rung -1 is held out as scale only below
-        m = gram_train[:, cols[:, None], cols] + np.diag(prior_prec[cols])
-        rhs_f = rhs_train[:, cols] + prior_prec[cols] * prior_mean[cols]
-        try:
-            wts = np.linalg.solve(m, rhs_f[..., None])[..., 0]  # (F, cols): all folds in one batched solve
-        except np.linalg.LinAlgError:
-            held[r] = np.inf
-            continue
-        held[r] = _held_out_error(np.einsum("nk,nk->n", a[:, cols], wts[fold]))
-    labels = [str(t) for t, _ in rungs]
     d_good = 1.0 / y[good]
-    r_good, g_good = ratio[good], g[good]
-    # scale only is the anchors' AbsRel-optimal scale (the scale the field then keeps): held out as such
-    for f in range(n_folds):
-        test = fold == f
-        held[0, test] = _held_out_error(absrel_scale(r_good[~test]) / r_good[test])
-    # scale and shift in depth, d = a / g + b (the relative map aligned in depth, then scaled): weighted
-    # least squares per fold like the rungs' ridge fits (the gross outliers are out already); chosen, it is fitted
-    # robustly on all anchors (`_depth_affine`). Last in the order, so it is chosen only where it beats every rung
-    # of the field's own family by the tolerance (a relative map that is affine in depth rather than in inverse
-    # depth, or carries no usable structure)
-    rows = np.stack([1.0 / (g_good * d_good), 1.0 / d_good], axis=1)  # (a, b) -> predicted depth / depth
-    a0 = float(np.median(d_good * g_good))
-    prior_affine = np.array([1.0 / (1e3 * a0) ** 2, 1.0 / (1e3 * a0) ** 2])  # as global_alignment's: barely there
-    gram2 = (rows.T[None] * member[:, None, :]) @ rows
-    m2 = gram2.sum(axis=0) - gram2 + np.diag(prior_affine)
-    rhs2 = (rows.sum(axis=0) - member @ rows) + prior_affine * np.array([a0, 0.0])
-    try:
-        ab = np.linalg.solve(m2, rhs2[..., None])[..., 0][fold]  # (n, 2): each anchor's training-fold fit
-        d_pred = ab[:, 0] / g_good + ab[:, 1]
-        row_affine = _held_out_error(np.where(d_pred > 0, d_good / np.maximum(d_pred, 1e-9), 1e-3))
-    except np.linalg.LinAlgError:
-        row_affine = np.full(len(a), np.inf)
-    held = np.vstack([held, row_affine])
-    labels.append("affine")
+    # scale only is held out as the anchors' AbsRel-optimal scale (the scale the field then keeps); scale and
+    # shift in depth, d = a / g + b (the relative map aligned in depth, then scaled), comes last in the order, so
+    # it is chosen only where it beats every rung of the field's own family by the tolerance (a relative map that
+    # is affine in depth rather than in inverse depth, or carries no usable structure)
+    held = np.vstack(
+        [
+            _held_out_rungs(a, fold, n_folds, cols, 1.0 / 0.02**2, prior_prec, prior_mean, ratio[good]),
+            _held_out_affine(g[good], d_good, fold, n_folds)[None],
+        ]
+    )
+    labels = ["-1", "0"] + [str(t) for t in range(1, full.tier + 1)] + ["affine"]
     return HeldOut(tuple(labels), held, coverage, s0, g[good], d_good)
 
 
@@ -205,6 +178,95 @@ def _depth_aligned(full: BasisSet, a: float, b: float, why: str) -> BasisSet:
     return dataclasses.replace(restricted, inv_rel=inv_rel, inv_rel_work=work, scale_inv_rel=med)
 
 
+@njit(cache=True, nogil=True)
+def _held_out_rungs(a, fold, n_folds, cols, noise_prec, prior_prec, prior_mean, ratio):
+    """(1 + rungs, n) held-out errors: row 0 scale only (`absrel_scale` of the training folds' `ratio`), then
+    one row per ridge rung (its columns `cols[r]`, -1 padded; weights of the prior `prior_prec`, `prior_mean`),
+    fitted on the other folds, rows `a` in relative units (prediction / anchor). Compiled: one pass builds every
+    fold's Gram, each training set is the total minus its fold, and the small solves are Cholesky (as numpy
+    batches it was some fifty array calls, ~0.5 ms a frame for 200 anchors); a rung whose system is singular
+    scores inf."""
+    n, k1 = a.shape
+    gram = np.zeros((n_folds, k1, k1))
+    rhs = np.zeros((n_folds, k1))
+    for i in range(n):
+        f = fold[i]
+        for p in range(k1):
+            rhs[f, p] += a[i, p]
+            for q in range(p, k1):
+                gram[f, p, q] += a[i, p] * a[i, q]
+    total_gram = gram.sum(axis=0)
+    total_rhs = rhs.sum(axis=0)
+    held = np.zeros((1 + cols.shape[0], n))
+    scale_only = held[0]
+    for f in range(n_folds):
+        test = fold == f
+        scale_only[test] = _held_out_error(_absrel_scale(ratio[~test]) / ratio[test])
+    for r in range(cols.shape[0]):
+        c = cols[r][cols[r] >= 0]
+        m = c.size
+        wts = np.zeros((n_folds, m))
+        for f in range(n_folds):
+            normal = np.empty((m, m))
+            b = np.empty(m)
+            for p in range(m):
+                b[p] = noise_prec * (total_rhs[c[p]] - rhs[f, c[p]]) + prior_prec[c[p]] * prior_mean[c[p]]
+                for q in range(m):
+                    lo, hi = min(c[p], c[q]), max(c[p], c[q])
+                    normal[p, q] = noise_prec * (total_gram[lo, hi] - gram[f, lo, hi])
+                normal[p, p] += prior_prec[c[p]]
+            wts[f] = _solve_spd(normal, b)
+        if not np.all(np.isfinite(wts)):
+            held[1 + r] = np.inf
+            continue
+        pred = np.zeros(n)
+        for i in range(n):
+            for p in range(m):
+                pred[i] += a[i, c[p]] * wts[fold[i], p]
+        held[1 + r] = _held_out_error(pred)
+    return held
+
+
+@njit(cache=True, nogil=True)
+def _held_out_affine(g, depth_m, fold, n_folds):
+    """Held-out errors of scale and shift in depth, depth ~ a / g + b: per fold a weighted least-squares fit
+    on the other folds, rows in relative units like the ridge rungs' (the gross outliers are out already), with
+    a prior as `global_alignment`'s, barely there, around a = median(depth g), b = 0. Chosen, it is fitted
+    robustly on all anchors (`_depth_affine`). A fold whose 2 x 2 system is singular scores inf."""
+    n = g.size
+    a0 = np.median(depth_m * g)
+    prior = 1.0 / (1e3 * a0) ** 2
+    gram = np.zeros((n_folds, 3))  # per fold: sums of r0 r0, r0 r1, r1 r1 ...
+    rhs = np.zeros((n_folds, 2))  # ... and of r0, r1 (the target is 1: predicted depth / depth)
+    for i in range(n):
+        r0, r1 = 1.0 / (g[i] * depth_m[i]), 1.0 / depth_m[i]
+        f = fold[i]
+        gram[f, 0] += r0 * r0
+        gram[f, 1] += r0 * r1
+        gram[f, 2] += r1 * r1
+        rhs[f, 0] += r0
+        rhs[f, 1] += r1
+    total_gram, total_rhs = gram.sum(axis=0), rhs.sum(axis=0)
+    coef = np.empty((n_folds, 2))
+    for f in range(n_folds):
+        m00 = total_gram[0] - gram[f, 0] + prior
+        m01 = total_gram[1] - gram[f, 1]
+        m11 = total_gram[2] - gram[f, 2] + prior
+        b0 = total_rhs[0] - rhs[f, 0] + prior * a0
+        b1 = total_rhs[1] - rhs[f, 1]
+        det = m00 * m11 - m01 * m01
+        if not (det > 0.0 and np.isfinite(det)):
+            return np.full(n, np.inf)
+        coef[f, 0] = (m11 * b0 - m01 * b1) / det
+        coef[f, 1] = (m00 * b1 - m01 * b0) / det
+    pred_rel = np.empty(n)
+    for i in range(n):
+        d_pred = coef[fold[i], 0] / g[i] + coef[fold[i], 1]
+        pred_rel[i] = depth_m[i] / max(d_pred, 1e-9) if d_pred > 0 else 1e-3
+    return _held_out_error(pred_rel)
+
+
+@njit(cache=True, nogil=True)
 def _held_out_error(pred_rel: np.ndarray) -> np.ndarray:
     """AbsRel of held-out anchors, |d_pred / d - 1| = |1 / pred_rel - 1| with pred_rel = predicted inverse depth
     over the anchor's: the metric the output is judged by, which penalises depth overestimates without bound

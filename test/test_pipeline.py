@@ -130,7 +130,7 @@ def test_warm_up_compiles_every_kernel_the_scale_field_uses():
     from scale_field_ros import bases, residual_grid, solver, tier_selection
     from scale_field_ros.pipeline import PipelineConfig, warm_up
 
-    inner = {"_robust_scale", "_cholesky", "_cholesky_solve", "_solve_spd", "_inverse_spd", "_irls"}
+    inner = {"_robust_scale", "_cholesky", "_cholesky_solve", "_solve_spd", "_inverse_spd", "_irls", "_held_out_error"}
     assert warm_up(PipelineConfig(min_depth_m=0.5, max_depth_m=6.0)) >= 0.0
     kernels = [
         (module.__name__, name, kernel)
