@@ -73,9 +73,10 @@ def anchors_from_points(
 ) -> Anchors:
     """Project Nx3 points given in some frame into the camera and keep the nearest per pixel.
 
-    Drops points that are NaN/inf, behind the camera, outside the image or outside
-    [min_depth_m, max_depth_m]. The z-buffer matters for LiDAR: mounted away from the camera it sees
-    surfaces behind foreground edges that the camera does not, and those must not anchor the foreground.
+    Drops points that are NaN/inf, behind the camera, outside the image (through the lens distortion of
+    `intrinsics`, if any) or outside [min_depth_m, max_depth_m]. The z-buffer matters for LiDAR: mounted away
+    from the camera it sees surfaces behind foreground edges that the camera does not, and those must not
+    anchor the foreground.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     w_in = np.ones(len(pts)) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
@@ -86,6 +87,8 @@ def anchors_from_points(
     in_range = (z >= min_depth_m) & (z <= max_depth_m)
     pts_cam, w_in = pts_cam[in_range], w_in[in_range]
     u, v, z = intrinsics.project(pts_cam)
+    imaged = np.isfinite(u) & np.isfinite(v)  # a distorted lens does not image every point in front of it
+    u, v, z, w_in = u[imaged], v[imaged], z[imaged], w_in[imaged]
     col = np.round(u).astype(np.int64)
     row = np.round(v).astype(np.int64)
     inside = (col >= 0) & (col < intrinsics.width) & (row >= 0) & (row < intrinsics.height)

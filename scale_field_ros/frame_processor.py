@@ -34,8 +34,8 @@ InputWarning = tuple[str, str]  # (cause, text); cause is a stable key for count
 class CameraInfoState(NamedTuple):
     """The latest accepted camera_info."""
 
-    intrinsics: Intrinsics
-    distorted: bool
+    intrinsics: Intrinsics  # with the lens distortion when its model is supported
+    unsupported_distortion: str  # why the distortion is ignored ('' when it is modelled or there is none)
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,11 @@ class FrameProcessor:
     def on_camera_info(self, msg) -> list[InputWarning]:
         try:
             intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
-            distorted = msg_codec.camera_info_msg_is_distorted(msg)
+            unsupported = msg_codec.camera_info_msg_unsupported_distortion(msg)
         except (msg_codec.MessageError, ValueError) as exc:
             return [("bad_camera_info", f"camera_info refused: {exc}")]
-        self.camera_info = CameraInfoState(intrinsics, distorted)
-        if distorted:
-            return [("distorted_camera_info", "camera_info has distortion; rectified images are assumed")]
-        return []
+        self.camera_info = CameraInfoState(intrinsics, unsupported)
+        return [("unsupported_distortion", unsupported)] if unsupported else []
 
     def on_image_stamp(self, stamp_s: float) -> None:
         """An image arrived (before it is processed): its stamp bounds how far ahead anchors may be."""

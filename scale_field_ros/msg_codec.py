@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backbone import ImageError, to_rgb8
-from .camera import Intrinsics
+from .camera import DISTORTION_COEFFICIENTS, Intrinsics
 
 
 class MessageError(ValueError):
@@ -97,7 +97,7 @@ class DecodedCloud:
 
 @dataclass(frozen=True)
 class CameraInfoFields:
-    """The calibration fields of a sensor_msgs/CameraInfo for an undistorted pinhole camera."""
+    """The calibration fields of a sensor_msgs/CameraInfo."""
 
     width: int
     height: int
@@ -348,9 +348,10 @@ def xyzrgb_cloud_fields(points_m: np.ndarray, rgb: np.ndarray | None = None) -> 
 def camera_info_to_intrinsics(
     k: Sequence[float], width: int, height: int, distortion_model: str = "", d: Sequence[float] = ()
 ) -> Intrinsics:
-    """CameraInfo K (9, row-major) and image size -> `Intrinsics`.
+    """CameraInfo K (9, row-major), image size and distortion -> `Intrinsics`.
 
-    Distortion is NOT corrected here: check `camera_info_is_distorted` and warn if it is.
+    A distortion model `camera.DISTORTION_COEFFICIENTS` does not know is left out (a pinhole camera): check
+    `camera_info_unsupported_distortion` and warn when it says so. Bad coefficients raise MessageError.
     """
     kk = np.asarray(k, dtype=np.float64).reshape(-1)
     if kk.size != 9:
@@ -360,21 +361,35 @@ def camera_info_to_intrinsics(
         raise MessageError(f"CameraInfo is uncalibrated or invalid: fx={fx} fy={fy} cx={cx} cy={cy}")
     if int(width) <= 0 or int(height) <= 0:
         raise MessageError(f"CameraInfo has invalid image size {width}x{height}")
-    return Intrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=int(width), height=int(height))
+    model = distortion_model if distortion_model in DISTORTION_COEFFICIENTS else ""
+    try:
+        return Intrinsics(fx, fy, cx, cy, int(width), int(height), model, tuple(d) if model else ())
+    except ValueError as exc:
+        raise MessageError(f"CameraInfo distortion refused: {exc}") from exc
 
 
-def camera_info_is_distorted(distortion_model: str, d: Sequence[float]) -> bool:
-    """True when CameraInfo carries non-zero distortion that a pinhole model ignores."""
+def camera_info_unsupported_distortion(distortion_model: str, d: Sequence[float]) -> str:
+    """Why CameraInfo's distortion cannot be modelled ('' when it can, or there is none): a non-zero
+    distortion of a model other than `camera.DISTORTION_COEFFICIENTS`."""
     coeffs = np.asarray(d, dtype=np.float64).reshape(-1)
-    return bool(coeffs.size and np.any(np.abs(coeffs) > 0))
+    if distortion_model in DISTORTION_COEFFICIENTS or not (coeffs.size and np.any(coeffs != 0)):
+        return ""
+    return (
+        f"camera_info distortion model {distortion_model!r} is not supported "
+        f"(supported: {', '.join(DISTORTION_COEFFICIENTS)}): the image is treated as rectified"
+    )
 
 
 def camera_info_fields(intrinsics: Intrinsics) -> CameraInfoFields:
-    """`Intrinsics` -> CameraInfo calibration for an undistorted (plumb_bob, zero D) pinhole camera."""
+    """`Intrinsics` -> CameraInfo calibration: K and the distortion (plumb_bob with zero D when there is none),
+    no rectification, P = [K | 0]. Our depth images are pixel-aligned with the input image, so this is the
+    calibration of the image they were computed on."""
     i = intrinsics
     k = (i.fx, 0.0, i.cx, 0.0, i.fy, i.cy, 0.0, 0.0, 1.0)
     p = (i.fx, 0.0, i.cx, 0.0, 0.0, i.fy, i.cy, 0.0, 0.0, 0.0, 1.0, 0.0)
     r = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    if i.distorted:
+        return CameraInfoFields(i.width, i.height, i.distortion_model, i.d, k, r, p)
     return CameraInfoFields(i.width, i.height, "plumb_bob", (0.0,) * 5, k, r, p)
 
 
@@ -463,8 +478,8 @@ def camera_info_msg_to_intrinsics(msg) -> Intrinsics:
     return camera_info_to_intrinsics(msg.k, msg.width, msg.height, msg.distortion_model, msg.d)
 
 
-def camera_info_msg_is_distorted(msg) -> bool:
-    return camera_info_is_distorted(msg.distortion_model, msg.d)
+def camera_info_msg_unsupported_distortion(msg) -> str:
+    return camera_info_unsupported_distortion(msg.distortion_model, msg.d)
 
 
 def stamp_msg_to_ns(stamp) -> int:

@@ -236,9 +236,19 @@ def test_camera_info_round_trip_and_errors(frame):
     ci = mc.camera_info_fields(frame.intrinsics)
     intr = mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, ci.distortion_model, ci.d)
     assert intr == frame.intrinsics
-    assert not mc.camera_info_is_distorted(ci.distortion_model, ci.d)
-    assert mc.camera_info_is_distorted("plumb_bob", [0.1, 0, 0, 0, 0])
-    assert not mc.camera_info_is_distorted("", [])
+    assert not intr.distorted and not mc.camera_info_unsupported_distortion(ci.distortion_model, ci.d)
+    # a supported model is kept and published again; an unknown one is named, and the camera stays pinhole
+    lens = mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, "plumb_bob", [0.1, -0.02, 0, 0, 0])
+    assert lens.distorted and lens.d == (0.1, -0.02, 0.0, 0.0, 0.0)
+    back = mc.camera_info_fields(lens)
+    assert (back.distortion_model, back.d) == ("plumb_bob", lens.d)
+    assert not mc.camera_info_unsupported_distortion("plumb_bob", [0.1, 0, 0, 0, 0])
+    assert "not supported" in mc.camera_info_unsupported_distortion("kannala_brandt", [0.1, 0, 0, 0])
+    assert not mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, "kannala_brandt", [0.1, 0, 0, 0]).distorted
+    assert not mc.camera_info_unsupported_distortion("", [])
+    for bad_d in ([np.nan, 0, 0, 0, 0], [0.1, 0, 0, 0, 0, 0.2, 0, 0]):  # not finite; 8 values for 5 coefficients
+        with pytest.raises(mc.MessageError, match="distortion"):
+            mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, "plumb_bob", bad_d)
     for bad_k in ([0.0] * 9, [np.nan, 0, 1, 0, 1, 1, 0, 0, 1], ci.k[:8]):
         with pytest.raises(mc.MessageError):
             mc.camera_info_to_intrinsics(bad_k, ci.width, ci.height)
@@ -326,4 +336,4 @@ def test_rosbags_and_rclpy_messages(frame, lidar_frame):
         p=list(ci.p),
     )
     assert mc.camera_info_msg_to_intrinsics(info) == frame.intrinsics
-    assert not mc.camera_info_msg_is_distorted(info)
+    assert not mc.camera_info_msg_unsupported_distortion(info)

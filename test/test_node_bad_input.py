@@ -119,6 +119,29 @@ def test_camera_info_size_disagrees(setup):
     assert_all_outputs_sane(h)
 
 
+def test_camera_info_with_unknown_or_bad_distortion(setup):
+    h, frame, points = setup
+    for _ in range(2):  # a model we cannot evaluate: warned, the image treated as rectified
+        stamp = Clock.next()
+        msg = conv.camera_info_msg(frame.intrinsics, header(stamp))
+        msg.distortion_model, msg.d = "kannala_brandt", [0.1, 0.01, 0.0, 0.0]
+        h.pub_info.publish(msg)
+        h.wait_for(lambda: h.node._camera_info.unsupported_distortion, 5.0, "camera_info")
+        h.publish_anchors(points, stamp)
+        assert depth_of(h.process_frame(frame.rgb, stamp)).shape == frame.depth_m.shape
+    assert_warned_once(h, "unsupported_distortion")
+    assert not h.node._camera_info.intrinsics.distorted
+    good_frame(h, frame, points)
+    for _ in range(2):  # NaN coefficients of a known model: refused, the last good camera_info stays
+        msg = conv.camera_info_msg(frame.intrinsics, header(Clock.next()))
+        msg.d = [float("nan")] * 5
+        h.pub_info.publish(msg)
+        h.wait_for(lambda: h.node.warn.counts.get("bad_camera_info", 0) >= 1, 5.0, "the refusal")
+    assert h.node._camera_info.intrinsics == frame.intrinsics
+    good_frame(h, frame, points)
+    assert_all_outputs_sane(h)
+
+
 def test_bad_anchor_clouds(setup):
     h, frame, points = setup
     for _ in range(2):

@@ -51,15 +51,15 @@ def node_absrel(depth, params, anchors, truth) -> float:
     return compute_metrics(depth, truth, mask).absrel
 
 
-def check_points(harness, depth, frame):
+def check_points(harness, depth, rgb, intrinsics):
     clouds = harness.messages("metric_depth/points")
     assert clouds, "no point cloud received"
     cloud = clouds[-1]
     decoded = msg_codec.pointcloud2_msg_to_xyz(cloud)
-    expected, colours = decimated_points(depth, frame.rgb, frame.intrinsics, DECIMATION)
+    expected, colours = decimated_points(depth, rgb, intrinsics, DECIMATION)
     np.testing.assert_allclose(decoded, expected, atol=1e-5)
-    # the same pixels unprojected independently of the node's helper
-    full = frame.intrinsics.unproject(depth)[::DECIMATION, ::DECIMATION].reshape(-1, 3)
+    # the same pixels unprojected at full resolution, independently of the node's helper
+    full = intrinsics.unproject(depth)[::DECIMATION, ::DECIMATION].reshape(-1, 3)
     np.testing.assert_allclose(decoded, full, atol=1e-4)
     names = [f.name for f in cloud.fields]
     assert names[:4] == ["x", "y", "z", "rgb"]
@@ -90,7 +90,7 @@ def test_sun3d_camera_frame_anchors(backbone, sun3d):
             assert abs(got - ref) <= 0.005, f"frame {i}: node AbsRel {got:.4f}, eval path {ref:.4f}"
             assert got < 0.5
         h.wait_for(lambda: h.count("metric_depth/points") >= 3, 10.0, "point clouds")
-        check_points(h, depth, frame)
+        check_points(h, depth, frame.rgb, frame.intrinsics)
     finally:
         h.close()
 
@@ -134,6 +134,43 @@ def test_sun3d_world_landmarks_with_odometry(backbone, sun3d):
         h.close()
 
 
+def test_sun3d_raw_image_with_its_lens_calibration(backbone, sun3d):
+    # a raw (unrectified) image with the distortion in its camera_info: the anchors are projected through the
+    # lens, the cloud is unprojected along its rays, and metric_depth/camera_info carries the same calibration
+    from test_camera_distortion import LENSES, raw_frame, with_lens
+
+    params = {"max_depth_m": sun3d.max_depth_m, "filter.enabled": False, "point_decimation": DECIMATION}
+    _, config = settings_from_values(params)
+    frame = sun3d.frame(0)
+    cam = with_lens(frame.intrinsics, *LENSES[0])
+    rgb, truth, _, _ = raw_frame(frame, cam)
+    valid = np.flatnonzero(frame.depth_m > 0)
+    pick = np.sort(np.random.default_rng(0).choice(valid.size, 300, replace=False))
+    points = frame.intrinsics.unproject(frame.depth_m).reshape(-1, 3)[valid[pick]]
+    anchors = anchors_from_points(points, np.eye(4), cam, config.min_depth_m, config.max_depth_m)
+    h = NodeHarness(domain_id(4), backbone, params)
+    try:
+        stamp = 70.0
+        h.publish_camera_info(cam, stamp)
+        h.publish_anchors(points, stamp)
+        depth = depth_of(h.process_frame(rgb, stamp))
+        got = node_absrel(depth, params, anchors, truth)
+        result = Pipeline(backbone, config).process(rgb, anchors)
+        ref = compute_metrics(result.depth_m, truth, evaluation_mask(truth, 0.1, sun3d.max_depth_m, anchors)).absrel
+        assert abs(got - ref) <= 0.005, f"node AbsRel {got:.4f}, eval path {ref:.4f}"
+        assert h.node.stats.n_anchors >= 0.9 * len(anchors)
+        h.wait_for(
+            lambda: h.count("metric_depth/points") >= 1 and h.count("metric_depth/camera_info") >= 1, 10.0, "outputs"
+        )
+        info = h.messages("metric_depth/camera_info")[-1]
+        assert info.distortion_model == cam.distortion_model
+        np.testing.assert_allclose(info.d, cam.d)
+        assert msg_codec.camera_info_msg_to_intrinsics(info) == cam
+        check_points(h, depth, rgb, cam)
+    finally:
+        h.close()
+
+
 def test_kitti_velodyne_in_its_own_frame(backbone):
     ds = load_dataset(DATA / "kitti_lidar")
     frame = ds.frame(0)
@@ -164,6 +201,6 @@ def test_kitti_velodyne_in_its_own_frame(backbone):
         assert abs(got - ref) <= 0.005, f"node AbsRel {got:.4f}, eval path {ref:.4f}"
         assert h.node.stats.n_anchors > 100
         h.wait_for(lambda: h.count("metric_depth/points") >= 1, 10.0, "point cloud")
-        check_points(h, depth, frame)
+        check_points(h, depth, frame.rgb, frame.intrinsics)
     finally:
         h.close()
