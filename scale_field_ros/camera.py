@@ -134,24 +134,22 @@ def undistort(
     the model is written once). NaN where it does not converge to 1e-6 or leaves the model's valid radius."""
     xd, yd = np.asarray(xd, np.float64), np.asarray(yd, np.float64)
     x, y = xd.copy(), yd.copy()  # the distorted point is the first guess
-    h = 1e-6
+    step = 1e-6
     for _ in range(iterations):
-        fx, fy = distort(x, y, model, d)
-        ex, ey = fx - xd, fy - yd
-        ax, ay = distort(x + h, y, model, d)
-        bx, by = distort(x - h, y, model, d)
-        cx, cy = distort(x, y + h, model, d)
-        dx, dy = distort(x, y - h, model, d)
-        j11, j21 = (ax - bx) / (2 * h), (ay - by) / (2 * h)
-        j12, j22 = (cx - dx) / (2 * h), (cy - dy) / (2 * h)
+        px, py = distort(x, y, model, d)
+        ex, ey = px - xd, py - yd
+        right, left = distort(x + step, y, model, d), distort(x - step, y, model, d)
+        down, up = distort(x, y + step, model, d), distort(x, y - step, model, d)
+        j11, j21 = (right[0] - left[0]) / (2 * step), (right[1] - left[1]) / (2 * step)
+        j12, j22 = (down[0] - up[0]) / (2 * step), (down[1] - up[1]) / (2 * step)
         det = j11 * j22 - j12 * j21
         with np.errstate(divide="ignore", invalid="ignore"):
             x = x - (j22 * ex - j12 * ey) / det
             y = y - (j11 * ey - j21 * ex) / det
-    fx, fy = distort(x, y, model, d)
+    px, py = distort(x, y, model, d)
     r_max = _max_radius(model, d)
     with np.errstate(invalid="ignore"):
-        ok = (np.hypot(fx - xd, fy - yd) < 1e-6) & (x * x + y * y <= r_max * r_max)
+        ok = (np.hypot(px - xd, py - yd) < 1e-6) & (x * x + y * y <= r_max * r_max)
     return np.where(ok, x, np.nan), np.where(ok, y, np.nan)
 
 
