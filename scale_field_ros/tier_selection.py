@@ -184,7 +184,7 @@ def _held_out_rungs(a, fold, n_folds, cols, noise_prec, prior_prec, prior_mean, 
     one row per ridge rung (its columns `cols[r]`, -1 padded; weights of the prior `prior_prec`, `prior_mean`),
     fitted on the other folds, rows `a` in relative units (prediction / anchor). Compiled: one pass builds every
     fold's Gram, each training set is the total minus its fold, and the small solves are Cholesky (as numpy
-    batches it was some fifty array calls, ~0.5 ms a frame for 200 anchors); a rung whose system is singular
+    batches it was some fifty array calls, ~0.4 ms a frame for 200 anchors); a rung whose system is singular
     scores inf."""
     n, k1 = a.shape
     gram = np.zeros((n_folds, k1, k1))
