@@ -37,10 +37,6 @@ class FieldEstimate:
     inv_depth: np.ndarray  # H x W float32, 1/m
 
 
-def n_weights(bases: BasisSet) -> int:
-    return bases.k + 1  # bases, then the shift
-
-
 def anchor_design(bases: BasisSet, anchors: Anchors, noise_rel: float) -> Design:
     """Rows of the model at the anchors: target 1/depth, sigma = noise_rel * target / sqrt(weight)."""
     h, w = bases.full_shape
@@ -110,10 +106,6 @@ def prior_moments(xp, scale, shift, fallback_scale, k: int, config: PriorConfig,
     basis = [config.basis_rel_std * reach * s] * (k - 1)
     mean = xp.stack([mean0] + [0.0 * s] * (k - 1) + [shift])
     return mean, xp.stack([std0, *basis, std_shift])
-
-
-def anchor_fitted(design: Design, weights: np.ndarray) -> np.ndarray:
-    return design.matrix @ weights
 
 
 def compose(
