@@ -156,9 +156,16 @@ class NodeHarness:
         return found[0]
 
     def process_frame(self, rgb: np.ndarray, stamp_s: float, timeout_s: float = 30.0) -> Image:
-        """Publish an image and wait for the metric depth carrying its stamp."""
+        """Publish an image and wait for the metric depth carrying its stamp, and for the node's stats on it.
+
+        The node publishes before it books the frame in `stats`, so a test reading them right after the depth
+        arrived would race the inference thread.
+        """
         self.publish_image(rgb, stamp_s)
-        return self.output(stamp_s, "metric_depth", timeout_s)
+        depth = self.output(stamp_s, "metric_depth", timeout_s)
+        history = self.node.stats.history
+        self.wait_for(lambda: history and abs(history[-1][0] - stamp_s) < 1e-6, 5.0, f"stats of the frame {stamp_s}")
+        return depth
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
