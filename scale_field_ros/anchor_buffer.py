@@ -17,16 +17,19 @@ import numpy as np
 
 from .anchors import Anchors, anchors_from_points
 from .camera import Intrinsics, transform_points
+from .deskew import knot_times, transform_at_times
 from .poses import PoseBuffer, camera_from_world, scan_to_image_transform
 
 
 @dataclass(frozen=True)
 class AnchorSet:
-    """One anchor message: finite Nx3 float32 points in the frame they were published in."""
+    """One anchor message: finite Nx3 float32 points in the frame they were published in, and for a LiDAR scan
+    that carries them, each point's time as an offset (s) from `stamp_s` (`deskew`)."""
 
     stamp_s: float
     points: np.ndarray
     frame_id: str = ""
+    point_time_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -90,13 +93,27 @@ class AnchorBuffer:
             self._sets.clear()
 
     def insert(
-        self, stamp_s: float, points: np.ndarray, frame_id: str = "", reference_stamp_s: float | None = None
+        self,
+        stamp_s: float,
+        points: np.ndarray,
+        frame_id: str = "",
+        reference_stamp_s: float | None = None,
+        point_time_s: np.ndarray | None = None,
     ) -> InsertStatus:
-        """Store a set of points stamped `stamp_s`; non-finite points are dropped first."""
+        """Store a set of points stamped `stamp_s` (with per-point time offsets from it, when given); points with
+        a non-finite coordinate or time are dropped first."""
         pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
         if len(pts) == 0:
             return InsertStatus.EMPTY
-        pts = pts[np.all(np.isfinite(pts), axis=1)]
+        finite = np.all(np.isfinite(pts), axis=1)
+        times = None
+        if point_time_s is not None:
+            times = np.asarray(point_time_s, np.float32).reshape(-1)
+            if len(times) != len(pts):
+                raise ValueError(f"{len(times)} point times for {len(pts)} points")
+            finite &= np.isfinite(times)
+            times = np.ascontiguousarray(times[finite])
+        pts = pts[finite]
         if len(pts) == 0:
             return InsertStatus.NO_FINITE_POINTS
         if not np.isfinite(stamp_s):
@@ -111,7 +128,7 @@ class AnchorBuffer:
                 status = InsertStatus.STAMP_BACKWARDS
             i = bisect.bisect_right(self._stamps, stamp_s)
             self._stamps.insert(i, float(stamp_s))
-            self._sets.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id))
+            self._sets.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id, times))
             self._prune_locked()
         return status
 
@@ -157,13 +174,16 @@ def anchors_for_image(
     T_body_cam: np.ndarray | None = None,
     anchors_in_world: bool = False,
     motion_compensation: bool = True,
+    deskew: bool = True,
 ) -> ImageAnchors:
     """Bring every set into the camera at the image stamp and z-buffer them together into pixel anchors.
 
     - anchors_in_world: sets are world-frame landmarks; the camera pose at the image stamp comes from
       `poses` (T_world_body) and `T_body_cam`. Without a pose there are no anchors for this image.
     - otherwise sets are in the anchor frame (`T_cam_anchor`); with `poses` and motion_compensation each
-      set is moved from its own stamp to the image stamp (a set without poses is used as is).
+      set is moved from its own stamp to the image stamp (a set without poses is used as is), and with
+      `deskew` a set with per-point times has each point moved from its own time (`deskew` module; where
+      odometry does not cover the scan's span, the whole scan moves from its stamp instead).
     """
     T_body_cam = np.eye(4) if T_body_cam is None else T_body_cam
     problems: list[tuple[str, str]] = []
@@ -178,13 +198,22 @@ def anchors_for_image(
             if T_wb_image is None:
                 continue
             T = camera_from_world(T_wb_image, T_body_cam)
+        elif motion_compensation and T_wb_image is not None and deskew and s.point_time_s is not None:
+            moved = _deskewed(s, poses, T_wb_image, T_body_cam, T_cam_anchor)
+            if moved is not None:
+                clouds.append(moved)
+                continue
+            problems.append(
+                (
+                    "deskew_no_odom",
+                    f"odometry does not cover the point times of the scan stamped {s.stamp_s:.3f} s "
+                    f"({float(s.point_time_s.min()):+.3f}..{float(s.point_time_s.max()):+.3f} s): "
+                    "moved from its stamp as a whole",
+                )
+            )
+            T = _whole_scan_transform(s, poses, T_wb_image, T_body_cam, T_cam_anchor, problems)
         elif motion_compensation and T_wb_image is not None and s.stamp_s != image_stamp_s:
-            T_wb_set = poses.lookup(s.stamp_s)
-            if T_wb_set is None:
-                problems.append(("odom_missing", f"odometry does not cover the anchor stamp {s.stamp_s:.3f} s"))
-                T = T_cam_anchor
-            else:
-                T = scan_to_image_transform(T_wb_set, T_wb_image, T_body_cam, T_cam_anchor)
+            T = _whole_scan_transform(s, poses, T_wb_image, T_body_cam, T_cam_anchor, problems)
         else:
             T = T_cam_anchor
         clouds.append(transform_points(T, s.points.astype(np.float64)))
@@ -193,3 +222,25 @@ def anchors_for_image(
     pts_cam = np.concatenate(clouds)
     anchors = anchors_from_points(pts_cam, np.eye(4), intrinsics, min_depth_m, max_depth_m)
     return ImageAnchors(anchors, len(clouds), len(pts_cam), tuple(problems))
+
+
+def _whole_scan_transform(
+    s: AnchorSet, poses: PoseBuffer, T_wb_image, T_body_cam, T_cam_anchor, problems
+) -> np.ndarray:
+    """T_cam(image)_anchor for the set as a whole, from the pose at its stamp (none: as is, with a problem)."""
+    T_wb_set = poses.lookup(s.stamp_s)
+    if T_wb_set is None:
+        problems.append(("odom_missing", f"odometry does not cover the anchor stamp {s.stamp_s:.3f} s"))
+        return T_cam_anchor
+    return scan_to_image_transform(T_wb_set, T_wb_image, T_body_cam, T_cam_anchor)
+
+
+def _deskewed(s: AnchorSet, poses: PoseBuffer, T_wb_image, T_body_cam, T_cam_anchor) -> np.ndarray | None:
+    """The set's points in the camera at the image stamp, each from the pose at its own time; None when
+    odometry does not cover the scan's span."""
+    offsets = knot_times(float(s.point_time_s.min()), float(s.point_time_s.max()))  # relative: no precision loss
+    T_wb_knots = poses.lookup_many(s.stamp_s + offsets)
+    if T_wb_knots is None:
+        return None
+    T_knots = scan_to_image_transform(T_wb_knots, T_wb_image, T_body_cam, T_cam_anchor)  # batched over knots
+    return transform_at_times(s.points, s.point_time_s, offsets, T_knots)

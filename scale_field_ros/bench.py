@@ -239,11 +239,44 @@ def bench_node_end_to_end(ctx: BenchContext) -> dict[str, LatencyStats]:
     return {"node_end_to_end": latency_stats(run["latency_samples_ms"])}
 
 
+def bench_lidar_anchors(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """The node's anchor assembly for one image from the KITTI Velodyne scan (kitti_lidar: the ~17k points in the
+    camera's view), the image 50 ms after the scan's stamp, odometry driving straight at 10 m/s: the scan moved
+    as a whole ("anchors_scan") and deskewed with per-point times from the spin ("anchors_scan_deskew")."""
+    from .anchor_buffer import AnchorSet, anchors_for_image
+    from .datasets import load_dataset, shared_root
+    from .deskew import spinning_scan_offsets
+    from .poses import PoseBuffer, invert_transform
+
+    folder = shared_root() / "data" / "kitti_lidar"
+    if not (folder / "manifest.json").is_file():
+        return {}
+    frame = load_dataset(folder).frame(0)
+    poses = PoseBuffer()
+    for k in range(31):
+        T_world_body = np.eye(4)
+        T_world_body[0, 3] = 10.0 * (k * 0.01 - 0.1)
+        poses.insert(k * 0.01 - 0.1, T_world_body)
+    points = np.ascontiguousarray(frame.lidar_points, np.float32)
+    offsets = spinning_scan_offsets(points).astype(np.float32)
+    T_body_cam = invert_transform(frame.T_cam_lidar)
+
+    def assemble(times):
+        scan = AnchorSet(0.0, points, "velodyne", times)
+        return anchors_for_image([scan], 0.05, frame.intrinsics, frame.T_cam_lidar, 0.1, 80.0, poses, T_body_cam)
+
+    return {
+        "anchors_scan": measure(lambda: assemble(None), ctx.repeats),
+        "anchors_scan_deskew": measure(lambda: assemble(offsets), ctx.repeats),
+    }
+
+
 STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [
     bench_backbone,
     bench_backbone_split,
     bench_scale_field,
     bench_scale_field_one_core,
+    bench_lidar_anchors,
     bench_node_end_to_end,
     # torch last: its CPU thread pool keeps spinning after a run and slowed the node's frames 5x when it ran first
     bench_scale_field_torch,

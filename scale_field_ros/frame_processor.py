@@ -125,14 +125,19 @@ class FrameProcessor:
         except (msg_codec.MessageError, ValueError) as exc:
             return [("bad_anchor_cloud", f"anchor cloud refused: {exc}")]
         n_total = len(decoded.points) + decoded.n_nonfinite
+        notes: list[InputWarning] = [("anchor_point_times", decoded.time_field_note)] if decoded.time_field_note else []
         if len(decoded.points) == 0:  # the codec already dropped non-finite points: say which case it was
             status = InsertStatus.NO_FINITE_POINTS if decoded.n_nonfinite else InsertStatus.EMPTY
         else:
             status = self.anchor_buffer.insert(
-                stamp_s, decoded.points, msg.header.frame_id, reference_stamp_s=self.latest_image_stamp_s
+                stamp_s,
+                decoded.points,
+                msg.header.frame_id,
+                reference_stamp_s=self.latest_image_stamp_s,
+                point_time_s=decoded.point_time_s,
             )
         if status is InsertStatus.OK:
-            return []
+            return notes
         text = {
             InsertStatus.EMPTY: "anchor cloud is empty",
             InsertStatus.NO_FINITE_POINTS: f"anchor cloud has no finite points (all {n_total} are NaN/inf)",
@@ -141,7 +146,7 @@ class FrameProcessor:
             f"{self.anchor_buffer.max_future_s} s after the latest image ({self.latest_image_stamp_s}); refused",
             InsertStatus.STAMP_BACKWARDS: f"anchor stamps went backwards (to {stamp_s:.3f} s): older anchors dropped",
         }[status]
-        return [(f"anchors_{status.value}", text)]
+        return [*notes, (f"anchors_{status.value}", text)]
 
     def on_odom(self, msg, stamp_s: float) -> list[InputWarning]:
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
@@ -211,6 +216,7 @@ class FrameProcessor:
             T_body_cam=settings.T_body_cam,
             anchors_in_world=settings.anchors_in_world,
             motion_compensation=settings.motion_compensation,
+            deskew=settings.deskew,
         )
         warnings.extend(found.problems)
         t2 = time.perf_counter_ns()

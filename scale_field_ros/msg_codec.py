@@ -6,7 +6,8 @@ bytearray, memoryview, array.array('B') (rclpy), a numpy uint8 array (rosbags) o
 
 Conventions (REP 103/118, sensor_msgs): images are row-major with `step` bytes a row (rows may be padded);
 16UC1 depth is millimetres with 0 = no data, 32FC1 depth is metres with NaN/0 = no data; PointCloud2 packs
-`rgb` as the float32 whose bit pattern is 0x00RRGGBB.
+`rgb` as the float32 whose bit pattern is 0x00RRGGBB. A LiDAR cloud's per-point time is read from the
+first of `POINT_TIME_FIELDS` it has (see `point_time_offsets`).
 """
 
 from __future__ import annotations
@@ -87,12 +88,23 @@ class CloudFields:
     is_bigendian: bool = False
 
 
+# Per-point time fields of LiDAR drivers, in the order they are looked for: Ouster's `t` (uint32 ns after the
+# stamp), Velodyne's and LIO-SAM's `time` (float32 s after the stamp), the `timestamp` of Hesai, Robosense
+# (float64 absolute s) and Livox (float64 absolute ns). Integer fields are nanoseconds, float fields seconds,
+# except that an absolute `timestamp` is taken in whichever unit puts it nearer the message stamp.
+POINT_TIME_FIELDS = ("t", "time", "timestamp")
+MAX_SCAN_SPAN_S = 1.0  # per-point offsets beyond this from the stamp are not one scan's: the times are ignored
+
+
 @dataclass(frozen=True)
 class DecodedCloud:
-    """Finite xyz points of a PointCloud2 plus how many non-finite points were dropped."""
+    """Finite xyz points of a PointCloud2 plus how many non-finite points were dropped; with a per-point time
+    field, each kept point's time as an offset (s) from the message stamp, or why the field was ignored."""
 
     points: np.ndarray  # Nx3 float32 in the message's frame
     n_nonfinite: int
+    point_time_s: np.ndarray | None = None  # N float32, s after (negative: before) the stamp
+    time_field_note: str = ""  # non-empty: the cloud has a time field that could not be used, and why
 
 
 @dataclass(frozen=True)
@@ -245,9 +257,18 @@ def _field_tuple(field) -> tuple[str, int, int, int]:
 
 
 def pointcloud2_decode(
-    fields: Sequence, point_step: int, row_step: int, width: int, height: int, data, is_bigendian: bool = False
+    fields: Sequence,
+    point_step: int,
+    row_step: int,
+    width: int,
+    height: int,
+    data,
+    is_bigendian: bool = False,
+    stamp_s: float | None = None,
 ) -> DecodedCloud:
-    """PointCloud2 fields -> finite xyz points (Nx3 float32) and the count of non-finite points dropped."""
+    """PointCloud2 fields -> finite xyz points (Nx3 float32), the count of non-finite points dropped, and with a
+    time field (`POINT_TIME_FIELDS`) the points' time offsets from `stamp_s` (the header stamp; without it an
+    absolute `timestamp` field cannot be used)."""
     point_step, row_step, width, height = int(point_step), int(row_step), int(width), int(height)
     by_name: dict[str, tuple[str, int, int, int]] = {}
     for f in fields:
@@ -266,11 +287,18 @@ def pointcloud2_decode(
     if buf.size != row_step * height:
         raise MessageError(f"PointCloud2 data has {buf.size} bytes, expected row_step*height = {row_step}*{height}")
     order = ">" if is_bigendian else "<"
-    formats, offsets = [], []
     for n in ("x", "y", "z"):
+        if by_name[n][2] not in (FLOAT32, FLOAT64):
+            raise MessageError(
+                f"PointCloud2 field {n!r} has datatype {by_name[n][2]}; expected FLOAT32 (7) or FLOAT64 (8)"
+            )
+    time_name = next((n for n in POINT_TIME_FIELDS if n in by_name), None)
+    names = ["x", "y", "z"] + ([time_name] if time_name else [])
+    formats, offsets = [], []
+    for n in names:
         _, offset, datatype, count = by_name[n]
-        if datatype not in (FLOAT32, FLOAT64):
-            raise MessageError(f"PointCloud2 field {n!r} has datatype {datatype}; expected FLOAT32 (7) or FLOAT64 (8)")
+        if datatype not in POINTFIELD_DTYPES:
+            raise MessageError(f"PointCloud2 field {n!r} has unknown datatype {datatype}")
         size = np.dtype(POINTFIELD_DTYPES[datatype]).itemsize
         if count < 1 or offset < 0 or offset + size > point_step:
             raise MessageError(
@@ -279,15 +307,51 @@ def pointcloud2_decode(
             )
         formats.append(order + POINTFIELD_DTYPES[datatype])
         offsets.append(offset)
-    point_dtype = np.dtype({"names": ["x", "y", "z"], "formats": formats, "offsets": offsets, "itemsize": point_step})
+    point_dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
     # Strided view: rows are row_step apart (organised clouds may pad rows), points point_step apart.
     grid = np.ndarray(shape=(height, width), dtype=point_dtype, buffer=buf, strides=(row_step, point_step))
     xyz = np.empty((height * width, 3), np.float32)
     for i, n in enumerate(("x", "y", "z")):
         xyz[:, i] = grid[n].reshape(-1)
     finite = np.isfinite(xyz).all(axis=1)
+    times, note = None, ""
+    if time_name:
+        raw = grid[time_name].reshape(-1)
+        times, note = point_time_offsets(time_name, raw, stamp_s, finite)
+        if times is not None:
+            finite &= np.isfinite(times)
     n_bad = int(finite.size - np.count_nonzero(finite))
-    return DecodedCloud(xyz[finite] if n_bad else xyz, n_bad)
+    if times is not None and n_bad:
+        times = times[finite]
+    return DecodedCloud(xyz[finite] if n_bad else xyz, n_bad, times, note)
+
+
+def point_time_offsets(
+    name: str, raw: np.ndarray, stamp_s: float | None, use: np.ndarray | None = None
+) -> tuple[np.ndarray | None, str]:
+    """Per-point time offsets (float32 s from `stamp_s`) from the values `raw` of the time field `name` (see
+    `POINT_TIME_FIELDS` for the conventions), or (None, why) when they cannot be one scan's times. `use` marks
+    the points that count for the plausibility check (the finite ones)."""
+    integer = raw.dtype.kind in "iu"
+    values = raw.astype(np.float64)
+    counted = np.isfinite(values) if use is None else np.isfinite(values) & use
+    if not counted.any():
+        return None, f"time field {name!r} holds no finite value"
+    if name == "timestamp":
+        if stamp_s is None or not math.isfinite(stamp_s):
+            return None, "time field 'timestamp' is absolute and the cloud has no usable stamp"
+        centre = float(np.median(values[counted]))
+        unit = 1e-9 if integer or abs(centre * 1e-9 - stamp_s) < abs(centre - stamp_s) else 1.0
+        offsets = (values - stamp_s / unit) * unit  # the stamp in the field's unit first: float64 keeps ns
+    else:
+        offsets = values * (1e-9 if integer else 1.0)
+    span = float(np.max(np.abs(offsets[counted])))
+    if not span <= MAX_SCAN_SPAN_S:
+        return None, (
+            f"time field {name!r} puts points up to {span:.3g} s from the cloud's stamp (more than one scan's "
+            f"{MAX_SCAN_SPAN_S} s): per-point times ignored"
+        )
+    return offsets.astype(np.float32), ""
 
 
 def pointcloud2_to_xyz(
@@ -312,25 +376,38 @@ def unpack_rgb_float(rgb_float: np.ndarray) -> np.ndarray:
 
 def xyzrgb_cloud_fields(points_m: np.ndarray, rgb: np.ndarray | None = None) -> CloudFields:
     """Nx3 points (+ optional Nx3 uint8 colours) -> unorganised little-endian PointCloud2 layout and bytes."""
+    if rgb is None:
+        return cloud_fields(points_m)
+    rgb = np.asarray(rgb)
+    n = len(np.asarray(points_m))
+    if rgb.shape != (n, 3):
+        raise MessageError(f"rgb must be Nx3 matching {n} points, got shape {rgb.shape}")
+    return cloud_fields(points_m, {"rgb": pack_rgb_float(rgb)})
+
+
+def cloud_fields(points_m: np.ndarray, columns: dict[str, np.ndarray] | None = None) -> CloudFields:
+    """Nx3 points as float32 x, y, z plus named per-point columns (N values each, of a PointField type, e.g. a
+    LiDAR's uint32 `t`) -> unorganised little-endian PointCloud2 layout and bytes, fields packed in order."""
     pts = np.asarray(points_m)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise MessageError(f"points must be Nx3, got shape {pts.shape}")
     n = pts.shape[0]
-    names = ["x", "y", "z"]
-    formats = ["<f4", "<f4", "<f4"]
-    if rgb is not None:
-        rgb = np.asarray(rgb)
-        if rgb.shape != (n, 3):
-            raise MessageError(f"rgb must be Nx3 matching {n} points, got shape {rgb.shape}")
-        names.append("rgb")
-        formats.append("<f4")
+    columns = {k: np.asarray(v).reshape(-1) for k, v in (columns or {}).items()}
+    datatype_of = {np.dtype(v).str[1:]: k for k, v in POINTFIELD_DTYPES.items()}
+    for name, col in columns.items():
+        if len(col) != n or col.dtype.str[1:] not in datatype_of:
+            raise MessageError(
+                f"column {name!r} must hold {n} values of a PointField type, got {col.dtype} x {len(col)}"
+            )
+    names = ["x", "y", "z", *columns]
+    formats = ["<f4"] * 3 + ["<" + col.dtype.str[1:] for col in columns.values()]
     record = np.dtype({"names": names, "formats": formats})
     out = np.empty(n, record)
     for i, name in enumerate(("x", "y", "z")):
         out[name] = pts[:, i]
-    if rgb is not None:
-        out["rgb"] = pack_rgb_float(rgb)
-    fields = tuple((name, 4 * i, FLOAT32, 1) for i, name in enumerate(names))
+    for name, col in columns.items():
+        out[name] = col
+    fields = tuple((name, record.fields[name][1], datatype_of[record[name].str[1:]], 1) for name in names)
     return CloudFields(
         fields=fields,
         point_step=record.itemsize,
@@ -465,8 +542,16 @@ def compressed_msg_to_rgb8(msg) -> np.ndarray:
 
 
 def pointcloud2_msg_decode(msg) -> DecodedCloud:
+    stamp = msg.header.stamp
     return pointcloud2_decode(
-        msg.fields, msg.point_step, msg.row_step, msg.width, msg.height, msg.data, msg.is_bigendian
+        msg.fields,
+        msg.point_step,
+        msg.row_step,
+        msg.width,
+        msg.height,
+        msg.data,
+        msg.is_bigendian,
+        stamp_to_ns(stamp.sec, stamp.nanosec) * 1e-9,
     )
 
 

@@ -4,8 +4,8 @@
   slerped, translation linear), so anchors and images need not share stamps with odometry.
 - `landmarks_to_camera`: VIO landmarks in the world frame -> camera optical frame at the image stamp.
 - `scan_to_image_transform`: a LiDAR scan taken at another moment than the image, re-expressed in the camera
-  at the image stamp (motion compensation of the whole scan; per-point deskew needs per-point times,
-  which the anchor cloud does not carry).
+  at the image stamp (motion compensation of the whole scan; with per-point times, `deskew` moves each point).
+- `PoseBuffer.lookup_many`: the poses at many stamps in one batch (the knots of a deskewed scan).
 
 Naming: T_dst_src maps points from src to dst; T_world_body is the body pose in the world,
 T_body_cam the camera optical frame in the body, T_cam_anchor the anchor frame in the camera.
@@ -32,12 +32,16 @@ def invert_transform(T: np.ndarray) -> np.ndarray:
 
 def interpolate_transform(T0: np.ndarray, T1: np.ndarray, alpha: float) -> np.ndarray:
     """Pose a fraction `alpha` of the way from T0 to T1 (slerp on rotation, linear on translation)."""
-    R0 = Rotation.from_matrix(T0[:3, :3])
-    R1 = Rotation.from_matrix(T1[:3, :3])
-    delta = (R0.inv() * R1).as_rotvec()
-    T = np.eye(4)
-    T[:3, :3] = (R0 * Rotation.from_rotvec(alpha * delta)).as_matrix()
-    T[:3, 3] = (1.0 - alpha) * T0[:3, 3] + alpha * T1[:3, 3]
+    return interpolate_transforms(T0[None], T1[None], np.array([alpha], np.float64))[0]
+
+
+def interpolate_transforms(T0: np.ndarray, T1: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`interpolate_transform` for M pairs at once: (M, 4, 4) poses and M fractions -> (M, 4, 4)."""
+    R0 = Rotation.from_matrix(T0[:, :3, :3])
+    delta = (R0.inv() * Rotation.from_matrix(T1[:, :3, :3])).as_rotvec()
+    T = np.tile(np.eye(4), (len(alpha), 1, 1))
+    T[:, :3, :3] = (R0 * Rotation.from_rotvec(alpha[:, None] * delta)).as_matrix()
+    T[:, :3, 3] = (1.0 - alpha[:, None]) * T0[:, :3, 3] + alpha[:, None] * T1[:, :3, 3]
     return T
 
 
@@ -103,21 +107,34 @@ class PoseBuffer:
 
     def lookup(self, stamp_s: float) -> np.ndarray | None:
         """T_world_body at `stamp_s`, or None when the buffer does not cover it."""
+        poses = self.lookup_many(np.array([stamp_s], np.float64))
+        return None if poses is None else poses[0]
+
+    def lookup_many(self, stamps_s: np.ndarray) -> np.ndarray | None:
+        """T_world_body (M, 4, 4) at each of `stamps_s`, or None when the buffer does not cover one of them
+        (further than `max_extrapolation_s` outside it). A buffered stamp returns its pose exactly."""
+        q = np.asarray(stamps_s, np.float64).reshape(-1)
         with self._lock:
-            if not self._stamps:
+            if not self._stamps or not np.all(np.isfinite(q)):
                 return None
-            i = bisect.bisect_left(self._stamps, stamp_s)
-            if i < len(self._stamps) and self._stamps[i] == stamp_s:
-                return self._poses[i].copy()
-            if i == 0:
-                ok = self._stamps[0] - stamp_s <= self.max_extrapolation_s
-                return self._poses[0].copy() if ok else None
-            if i == len(self._stamps):
-                ok = stamp_s - self._stamps[-1] <= self.max_extrapolation_s
-                return self._poses[-1].copy() if ok else None
-            t0, t1 = self._stamps[i - 1], self._stamps[i]
-            T0, T1 = self._poses[i - 1], self._poses[i]
-        return interpolate_transform(T0, T1, (stamp_s - t0) / (t1 - t0))
+            # only the samples around the queried span: the buffer may hold thousands
+            lo = max(bisect.bisect_left(self._stamps, float(q.min())) - 1, 0)
+            hi = min(bisect.bisect_right(self._stamps, float(q.max())) + 1, len(self._stamps))
+            stamps = np.array(self._stamps[lo:hi])
+            poses = np.stack(self._poses[lo:hi])
+        n = len(stamps)
+        if np.any(q < stamps[0] - self.max_extrapolation_s) or np.any(q > stamps[-1] + self.max_extrapolation_s):
+            return None
+        after = np.searchsorted(stamps, q, side="left")  # first sample at or after each stamp
+        exact = (after < n) & (stamps[np.minimum(after, n - 1)] == q)
+        i0 = np.where(exact, after, np.clip(after - 1, 0, n - 1))  # outside the span both ends are the nearest
+        i1 = np.where(exact, after, np.clip(after, 0, n - 1))
+        gap = stamps[i1] - stamps[i0]
+        alpha = np.divide(q - stamps[i0], gap, out=np.zeros_like(q), where=gap > 0)
+        out = interpolate_transforms(poses[i0], poses[i1], alpha)
+        same = i0 == i1
+        out[same] = poses[i0[same]]  # as stored: the rotation round trip would re-orthonormalise it
+        return out
 
 
 def camera_from_world(T_world_body: np.ndarray, T_body_cam: np.ndarray) -> np.ndarray:

@@ -121,9 +121,18 @@ class NodeHarness:
     def publish_image(self, rgb: np.ndarray, stamp_s: float) -> None:
         self.pub_image.publish(conv.rgb8_image_msg(rgb, header(stamp_s)))
 
-    def publish_anchors(self, points: np.ndarray, stamp_s: float, frame_id: str = "anchor", wait: bool = True) -> None:
-        """Publish an xyz cloud; with `wait`, return once the node has buffered it (so the next image sees it)."""
-        self.pub_anchors.publish(conv.xyzrgb_cloud_msg(np.asarray(points, np.float32), None, header(stamp_s, frame_id)))
+    def publish_anchors(
+        self,
+        points: np.ndarray,
+        stamp_s: float,
+        frame_id: str = "anchor",
+        wait: bool = True,
+        columns: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Publish an xyz cloud (with extra per-point `columns`, e.g. a LiDAR's time field); with `wait`, return
+        once the node has buffered it (so the next image sees it)."""
+        fields = msg_codec.cloud_fields(np.asarray(points, np.float32), columns)
+        self.pub_anchors.publish(conv.cloud_msg(fields, header(stamp_s, frame_id)))
         if wait:
             buffered = self.node.anchor_buffer
             self.wait_for(lambda: len(buffered.query(stamp_s, 1e-6)) > 0, 5.0, "the node to buffer anchors")

@@ -55,6 +55,8 @@ def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
         "scale_field_one_core",
         "scale_field_torch",
         "scale_field_torch_bases",
+        "anchors_scan",
+        "anchors_scan_deskew",
     } <= set(report["stages_ms"])
     if importlib.util.find_spec("rclpy") is not None:
         # the node over DDS: end to end includes the backbone, so the non-backbone share is a proper fraction

@@ -157,6 +157,23 @@ def test_bad_anchor_clouds(setup):
     assert_all_outputs_sane(h)
 
 
+def test_anchor_cloud_with_unusable_point_times(setup):
+    # a `time` field holding absolute seconds where relative ones are the convention: not one scan's times, so
+    # they are ignored (with a warning, once) and the points are used as a cloud without times
+    h, frame, points = setup
+    for _ in range(2):
+        stamp = Clock.next()
+        h.publish_camera_info(frame.intrinsics, stamp)
+        h.publish_anchors(points, stamp, columns={"time": np.full(len(points), 1.7e9 + stamp)})
+        depth = depth_of(h.process_frame(frame.rgb, stamp))
+        assert np.all(np.isfinite(depth)) and np.all(depth > 0)
+        (used,) = h.node.anchor_buffer.query(stamp, 1e-6)
+        assert used.point_time_s is None and len(used) == len(points)
+    assert_warned_once(h, "anchor_point_times")
+    assert h.node.stats.n_anchors > 0.8 * len(points)
+    assert_all_outputs_sane(h)
+
+
 def test_anchors_far_in_the_future(setup):
     h, frame, points = setup
     good_frame(h, frame, points)

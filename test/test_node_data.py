@@ -204,3 +204,43 @@ def test_kitti_velodyne_in_its_own_frame(backbone):
         check_points(h, depth, frame.rgb, frame.intrinsics)
     finally:
         h.close()
+
+
+def test_kitti_scan_from_a_moving_car_is_deskewed(backbone):
+    # the scan re-taken from a car driving at 10 m/s (`driving_scan`), Ouster-style per-point times (uint32 ns
+    # after the stamp, the scan's start) and 100 Hz odometry: the node's depth scores as the true scan's anchors do
+    from driving_scan import IMAGE_AFTER_SCAN_S, odometry, skewed_scan
+
+    frame = load_dataset(DATA / "kitti_lidar").frame(0)
+    params = {
+        "max_depth_m": 80.0,
+        "filter.enabled": False,
+        "point_decimation": DECIMATION,
+        "T_cam_anchor": tuple(frame.T_cam_lidar.ravel()),
+        "T_body_cam": tuple(invert_transform(frame.T_cam_lidar).ravel()),  # the body frame is the LiDAR's
+        "anchor_max_age": 0.06,
+    }
+    _, config = settings_from_values(params)
+    points, offsets = skewed_scan(frame.lidar_points)
+    pick = np.random.default_rng(0).random(len(points)) < 0.1
+    true_pts = frame.lidar_points
+    anchors = anchors_from_points(true_pts[pick], frame.T_cam_lidar, frame.intrinsics, 0.1, 80.0)
+    held = anchors_from_points(true_pts[~pick], frame.T_cam_lidar, frame.intrinsics, 0.1, 80.0)
+    truth = np.zeros((frame.intrinsics.height, frame.intrinsics.width), np.float32)
+    truth[np.round(held.v).astype(int), np.round(held.u).astype(int)] = held.depth_m
+    h = NodeHarness(domain_id(5), backbone, params)
+    try:
+        stamp = 60.0
+        stamps, poses = odometry(stamp)
+        for k, (t, T) in enumerate(zip(stamps, poses, strict=True)):
+            h.publish_odom(T, float(t), wait=k == len(stamps) - 1)
+        h.publish_camera_info(frame.intrinsics, stamp + IMAGE_AFTER_SCAN_S)
+        t_ns = np.round(offsets[pick] * 1e9).astype(np.uint32)
+        h.publish_anchors(points[pick], stamp, frame_id="velodyne", columns={"t": t_ns})
+        depth = depth_of(h.process_frame(frame.rgb, stamp + IMAGE_AFTER_SCAN_S))
+        got = node_absrel(depth, params, anchors, truth)
+        ref = reference_absrel(backbone, params, frame, anchors, truth)
+        assert abs(got - ref) <= 0.005, f"node AbsRel {got:.4f}, eval path on the true scan {ref:.4f}"
+        assert not [c for c in h.node.warn.counts if c.startswith(("deskew", "odom", "anchor"))], h.node.warn.counts
+    finally:
+        h.close()

@@ -112,6 +112,12 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("T_body_cam", IDENTITY_16, "camera optical frame -> odometry body frame, 16 row-major values"),
     ParamSpec("motion_compensation", True, "with odometry, move each anchor set from its own stamp to the image stamp"),
     ParamSpec(
+        "deskew",
+        True,
+        "with motion_compensation and a per-point time field in the cloud (t, time or timestamp), "
+        "move each point from its own time",
+    ),
+    ParamSpec(
         "anchor_max_age", 0.06, "use anchor sets stamped within this many seconds of the image", min=0.0, max=10.0
     ),
     ParamSpec(
@@ -306,6 +312,7 @@ class NodeSettings:
     anchors_in_world: bool
     T_body_cam: np.ndarray
     motion_compensation: bool
+    deskew: bool
     anchor_max_age: float
     anchor_max_future: float
     odom_max_extrapolation: float
