@@ -4,6 +4,7 @@ image made from a real frame, through the anchors, the pipeline and the point cl
 import cv2
 import numpy as np
 import pytest
+from lens_frames import LENSES, raw_frame, with_lens
 
 from scale_field_ros.anchors import anchors_from_points
 from scale_field_ros.camera import Intrinsics, distort
@@ -11,22 +12,12 @@ from scale_field_ros.depth_points import decimated_points
 from scale_field_ros.metrics import compute_metrics, evaluation_mask
 from scale_field_ros.pipeline import Pipeline, PipelineConfig
 
-LENSES = [
-    ("plumb_bob", (-0.28, 0.07, 1e-3, -5e-4, 0.0)),  # a wide-angle barrel lens
-    ("rational_polynomial", (0.4, -0.1, 1e-3, 2e-4, 0.01, 0.7, -0.05, 0.02)),
-    ("equidistant", (-0.02, 0.01, -0.005, 0.001)),  # fisheye
-]
-
 
 @pytest.fixture(scope="module")
 def fastdepth(fastdepth_path):
     from scale_field_ros.backbones import load_backbone
 
     return load_backbone(model_path=fastdepth_path, runtime="onnxruntime", threads=1)
-
-
-def with_lens(k: Intrinsics, model: str, d) -> Intrinsics:
-    return Intrinsics(k.fx, k.fy, k.cx, k.cy, k.width, k.height, model, d)
 
 
 def _points(frame) -> np.ndarray:
@@ -90,17 +81,6 @@ def test_intrinsics_refuse_bad_distortion():
     zero = Intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480, "plumb_bob", (0.0,) * 5)
     assert not zero.distorted and zero == Intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480, "plumb_bob")
     assert short.scaled_to(320, 240).d == short.d  # distortion acts on normalised coordinates
-
-
-def raw_frame(frame, cam: Intrinsics):
-    """The frame as a camera with lens `cam` sees it: each raw pixel takes the rectified pixel its ray hits."""
-    h, w = frame.depth_m.shape
-    x, y = cam.rays(h, w)
-    map_u = (cam.fx * np.nan_to_num(x, nan=-1e4) + cam.cx).astype(np.float32)
-    map_v = (cam.fy * np.nan_to_num(y, nan=-1e4) + cam.cy).astype(np.float32)
-    rgb = cv2.remap(frame.rgb, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    depth = cv2.remap(frame.depth_m, map_u, map_v, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return rgb, depth, map_u, map_v
 
 
 def test_raw_image_with_its_calibration_gets_anchors_depth_and_points_right(sun3d, fastdepth):

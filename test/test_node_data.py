@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lens_frames import LENSES, raw_frame, with_lens
 from node_harness import NodeHarness, camera_points, depth_of, domain_id
 
 from scale_field_ros import msg_codec
@@ -137,8 +138,6 @@ def test_sun3d_world_landmarks_with_odometry(backbone, sun3d):
 def test_sun3d_raw_image_with_its_lens_calibration(backbone, sun3d):
     # a raw (unrectified) image with the distortion in its camera_info: the anchors are projected through the
     # lens, the cloud is unprojected along its rays, and metric_depth/camera_info carries the same calibration
-    from test_camera_distortion import LENSES, raw_frame, with_lens
-
     params = {"max_depth_m": sun3d.max_depth_m, "filter.enabled": False, "point_decimation": DECIMATION}
     _, config = settings_from_values(params)
     frame = sun3d.frame(0)
