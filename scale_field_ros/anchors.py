@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .camera import Intrinsics, transform_points
 
@@ -95,10 +96,24 @@ def anchors_from_points(
     u, v, z, w_in, col, row = u[inside], v[inside], z[inside], w_in[inside], col[inside], row[inside]
     if len(z) == 0:
         return Anchors.empty()
-    # z-buffer: sort by pixel then depth, keep the first (nearest) point of each pixel
-    pixel = row * intrinsics.width + col
-    order = np.lexsort((z, pixel))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = pixel[order][1:] != pixel[order][:-1]
-    keep = order[first]
+    keep = _nearest_per_pixel(row * intrinsics.width + col, z, intrinsics.width * intrinsics.height)
     return Anchors.from_arrays(u[keep], v[keep], z[keep], w_in[keep])
+
+
+@njit(cache=True, nogil=True)
+def _nearest_per_pixel(pixel: np.ndarray, z: np.ndarray, n_pixels: int) -> np.ndarray:
+    """The z-buffer: index of the nearest point on each pixel that has one, in pixel (row-major) order; of equally
+    near points the first. One pass over the points and one over the pixels (sorting by pixel and depth cost
+    ~2 ms for a 17k-point scan)."""
+    best = np.full(n_pixels, -1, np.int32)
+    for i in range(pixel.size):
+        j = best[pixel[i]]
+        if j < 0 or z[i] < z[j]:
+            best[pixel[i]] = i
+    keep = np.empty(pixel.size, np.int64)
+    n = 0
+    for p in range(n_pixels):
+        if best[p] >= 0:
+            keep[n] = best[p]
+            n += 1
+    return keep[:n]

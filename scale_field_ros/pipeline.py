@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .anchors import Anchors
+from .anchors import Anchors, anchors_from_points
 from .backbone import Backbone, BackboneOutput, DepthKind
 from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
+from .camera import Intrinsics
 from .field import PriorConfig, anchor_design, blend_scale_only, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
@@ -490,10 +491,10 @@ def _hull_fraction(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> floa
 
 
 def warm_up(config: PipelineConfig | None = None) -> float:
-    """Run the scale field once on a small synthetic frame (analytic bases, cross-validated tier, local
-    correction), so that numba compiles the solver's and the bases' kernels, or loads them from its cache,
-    here rather than on the first real frame: ~10-20 s once on a fresh install, ~0.1 s after. Returns the
-    seconds it took."""
+    """Run the scale field once on a small synthetic frame (anchors from points, analytic bases, cross-validated
+    tier, local correction), so that numba compiles the anchors', solver's and bases' kernels, or loads them
+    from its cache, here rather than on the first real frame: ~10-20 s once on a fresh install, ~0.1 s after.
+    Returns the seconds it took."""
     t0 = time.perf_counter()
     cfg = config or PipelineConfig()
     cfg = dataclasses.replace(
@@ -507,7 +508,12 @@ def warm_up(config: PipelineConfig | None = None) -> float:
     pick = np.random.default_rng(0).choice(h * w, 80, replace=False)
     depth = np.sqrt(cfg.min_depth_m * cfg.max_depth_m) * rel.ravel()[pick] / float(rel.mean())
     depth = np.clip(depth, cfg.min_depth_m * 1.01, cfg.max_depth_m * 0.99)
-    Pipeline(None, cfg).process_output(out, Anchors.from_arrays(pick % w, pick // w, depth))
+    # the anchors as a point cloud through `anchors_from_points`, so that its z-buffer kernel compiles here too
+    camera = Intrinsics(float(w), float(w), w / 2.0, h / 2.0, w, h)
+    x, y = (pick % w - camera.cx) / camera.fx, (pick // w - camera.cy) / camera.fy
+    points = np.stack([x * depth, y * depth, depth], axis=1)
+    anchors = anchors_from_points(points, np.eye(4), camera, cfg.min_depth_m, cfg.max_depth_m)
+    Pipeline(None, cfg).process_output(out, anchors)
     return time.perf_counter() - t0
 
 

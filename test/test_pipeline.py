@@ -122,19 +122,19 @@ def test_a_richer_pick_on_few_anchors_is_averaged_with_median_scaling():
 
 
 def test_warm_up_compiles_every_kernel_the_scale_field_uses():
-    # the node calls it before its first image: each compiled entry point of the solve, the bases, the tier
-    # selection and the local correction must have run (numba keeps the compiled signatures of what Python
-    # called; the kernels those call compile inside them and list none)
+    # the node calls it before its first image: each compiled entry point of the anchors' z-buffer, the solve,
+    # the bases, the tier selection and the local correction must have run (numba keeps the compiled signatures
+    # of what Python called; the kernels those call compile inside them and list none)
     from numba.core.registry import CPUDispatcher
 
-    from scale_field_ros import bases, residual_grid, solver, tier_selection
+    from scale_field_ros import anchors, bases, residual_grid, solver, tier_selection
     from scale_field_ros.pipeline import PipelineConfig, warm_up
 
     inner = {"_robust_scale", "_cholesky", "_cholesky_solve", "_solve_spd", "_inverse_spd", "_irls", "_held_out_error"}
     assert warm_up(PipelineConfig(min_depth_m=0.5, max_depth_m=6.0)) >= 0.0
     kernels = [
         (module.__name__, name, kernel)
-        for module in (bases, solver, tier_selection, residual_grid)
+        for module in (anchors, bases, solver, tier_selection, residual_grid)
         for name, kernel in vars(module).items()
         if isinstance(kernel, CPUDispatcher) and name not in inner
     ]
