@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 KNOT_STEP_S = 0.005
-MAX_KNOTS = 256  # a 1 s span (the longest `msg_codec` accepts) at 4 ms
+MAX_KNOTS = 256  # bounds the cost; a 1 s span (the longest `msg_codec` accepts) needs 201 at KNOT_STEP_S
 
 
 def spinning_scan_offsets(
