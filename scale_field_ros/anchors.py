@@ -53,6 +53,13 @@ class Anchors:
         """Flat index of the pixel each anchor falls on (nearest pixel centre)."""
         return np.round(self.v).astype(np.int64) * width + np.round(self.u).astype(np.int64)
 
+    def depth_image(self, width: int, height: int) -> np.ndarray:
+        """height x width float32 metres: each anchor's depth on its nearest pixel, 0 elsewhere (sparse ground
+        truth from held-out LiDAR points)."""
+        depth = np.zeros((height, width), np.float32)
+        depth[np.round(self.v).astype(int), np.round(self.u).astype(int)] = self.depth_m
+        return depth
+
     def valid_mask(self, width: int, height: int, min_depth_m: float, max_depth_m: float) -> np.ndarray:
         """Anchors that are finite, in the image, inside the depth range and with positive weight."""
         ok = np.isfinite(self.u) & np.isfinite(self.v) & np.isfinite(self.depth_m) & np.isfinite(self.weight)

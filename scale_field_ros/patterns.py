@@ -120,14 +120,10 @@ def _native(frame: Frame, n: int, rng: np.random.Generator, min_depth_m: float) 
     pick = rng.choice(m, size=min(n, m), replace=False) if m else np.zeros(0, np.int64)
     held = np.ones(m, bool)
     held[pick] = False
-    truth = (
-        frame.depth_m.copy()
-        if frame.depth_m is not None
-        else np.zeros((frame.intrinsics.height, frame.intrinsics.width), np.float32)
-    )
-    if frame.depth_m is None:
-        rest = all_pts.subset(held)
-        truth[np.round(rest.v).astype(int), np.round(rest.u).astype(int)] = rest.depth_m
+    if frame.depth_m is not None:
+        truth = frame.depth_m.copy()
+    else:
+        truth = all_pts.subset(held).depth_image(frame.intrinsics.width, frame.intrinsics.height)
     return all_pts.subset(np.sort(pick)), truth
 
 

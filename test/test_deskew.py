@@ -59,8 +59,7 @@ def image_anchors(frame, points, offsets, poses, **kwargs):
 def depth_error_at_true_pixels(frame, anchors: Anchors) -> tuple[float, float]:
     """(fraction of anchors on a pixel the true scan also covers, median relative depth error there)."""
     truth = anchors_from_points(frame.lidar_points, frame.T_cam_lidar, frame.intrinsics, *RANGE)
-    depth = np.zeros((frame.intrinsics.height, frame.intrinsics.width))
-    depth[np.round(truth.v).astype(int), np.round(truth.u).astype(int)] = truth.depth_m
+    depth = truth.depth_image(frame.intrinsics.width, frame.intrinsics.height)
     d = depth[np.round(anchors.v).astype(int), np.round(anchors.u).astype(int)]
     hit = d > 0
     return float(hit.mean()), float(np.median(np.abs(anchors.depth_m[hit] / d[hit] - 1.0)))
@@ -102,8 +101,7 @@ def test_deskew_shows_in_the_metric_depth(frame, scan, poses):
     rng = np.random.default_rng(0)
     pick = rng.random(len(points)) < 0.1
     truth_held = anchors_from_points(frame.lidar_points[~pick], frame.T_cam_lidar, frame.intrinsics, *RANGE)
-    truth = np.zeros((frame.intrinsics.height, frame.intrinsics.width), np.float32)
-    truth[np.round(truth_held.v).astype(int), np.round(truth_held.u).astype(int)] = truth_held.depth_m
+    truth = truth_held.depth_image(frame.intrinsics.width, frame.intrinsics.height)
     backbone = load_backbone()
     out = backbone.infer(frame.rgb)
     pipe = Pipeline(backbone, PipelineConfig(max_depth_m=RANGE[1]))

@@ -187,8 +187,7 @@ def test_kitti_velodyne_in_its_own_frame(backbone):
         pts[pick], frame.T_cam_lidar, frame.intrinsics, config.min_depth_m, config.max_depth_m
     )
     held = anchors_from_points(pts[~pick], frame.T_cam_lidar, frame.intrinsics, config.min_depth_m, config.max_depth_m)
-    truth = np.zeros((frame.intrinsics.height, frame.intrinsics.width), np.float32)
-    truth[np.round(held.v).astype(int), np.round(held.u).astype(int)] = held.depth_m
+    truth = held.depth_image(frame.intrinsics.width, frame.intrinsics.height)
     h = NodeHarness(domain_id(3), backbone, params)
     try:
         stamp = 50.0
@@ -225,8 +224,7 @@ def test_kitti_scan_from_a_moving_car_is_deskewed(backbone):
     true_pts = frame.lidar_points
     anchors = anchors_from_points(true_pts[pick], frame.T_cam_lidar, frame.intrinsics, 0.1, 80.0)
     held = anchors_from_points(true_pts[~pick], frame.T_cam_lidar, frame.intrinsics, 0.1, 80.0)
-    truth = np.zeros((frame.intrinsics.height, frame.intrinsics.width), np.float32)
-    truth[np.round(held.v).astype(int), np.round(held.u).astype(int)] = held.depth_m
+    truth = held.depth_image(frame.intrinsics.width, frame.intrinsics.height)
     h = NodeHarness(domain_id(5), backbone, params)
     try:
         stamp = 60.0
