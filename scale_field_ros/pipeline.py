@@ -18,6 +18,7 @@ from .anchors import Anchors, anchors_from_points
 from .backbone import Backbone, BackboneOutput, DepthKind
 from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
 from .camera import Intrinsics
+from .deskew import transform_at_times
 from .field import PriorConfig, anchor_design, blend_scale_only, compose, loose_prior, prior_around, relative_to_fit
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
@@ -508,10 +509,12 @@ def warm_up(config: PipelineConfig | None = None) -> float:
     pick = np.random.default_rng(0).choice(h * w, 80, replace=False)
     depth = np.sqrt(cfg.min_depth_m * cfg.max_depth_m) * rel.ravel()[pick] / float(rel.mean())
     depth = np.clip(depth, cfg.min_depth_m * 1.01, cfg.max_depth_m * 0.99)
-    # the anchors as a point cloud through `anchors_from_points`, so that its z-buffer kernel compiles here too
+    # the anchors as a point cloud through the deskew blend (identity knots) and `anchors_from_points`, so
+    # that their kernels compile here too
     camera = Intrinsics(float(w), float(w), w / 2.0, h / 2.0, w, h)
     x, y = (pick % w - camera.cx) / camera.fx, (pick // w - camera.cy) / camera.fy
     points = np.stack([x * depth, y * depth, depth], axis=1)
+    points = transform_at_times(points, np.zeros(len(points)), np.array([0.0, 1.0]), np.stack([np.eye(4)] * 2))
     anchors = anchors_from_points(points, np.eye(4), camera, cfg.min_depth_m, cfg.max_depth_m)
     Pipeline(None, cfg).process_output(out, anchors)
     return time.perf_counter() - t0
