@@ -11,6 +11,7 @@ from scale_field_ros.datasets import load_dataset, shared_root
 from scale_field_ros.poses import (
     PoseBuffer,
     interpolate_transform,
+    interpolate_transforms,
     invert_transform,
     landmarks_to_camera,
     scan_to_image_transform,
@@ -44,6 +45,28 @@ def test_interpolation_is_geodesic(seq):
     assert _angle_deg(T0[:3, :3].T @ Tm[:3, :3]) == pytest.approx(0.25 * total, rel=1e-2)
     assert _angle_deg(Tm[:3, :3].T @ T1[:3, :3]) == pytest.approx(0.75 * total, rel=1e-2)
     np.testing.assert_allclose(Tm[:3, 3], 0.75 * T0[:3, 3] + 0.25 * T1[:3, 3], atol=1e-9)
+
+
+def test_batched_interpolation_matches_scipy_slerp_up_to_half_turns():
+    """The quaternion slerp against scipy's rotation algebra (R0 exp(alpha log(R0^T R1))) on large turns, turns
+    just short of half a turn (where the axis is taken from the largest quaternion component) and no turn."""
+    rng = np.random.default_rng(7)
+    m = 300
+    R0 = Rotation.random(m, random_state=1)
+    turn = Rotation.random(m, random_state=2).as_rotvec()
+    axis = rng.normal(size=(100, 3))
+    turn[:100] = axis / np.linalg.norm(axis, axis=1, keepdims=True) * (np.pi - 1e-6)
+    turn[100:150] = 0.0
+    R1 = R0 * Rotation.from_rotvec(turn)
+    T0, T1 = np.tile(np.eye(4), (m, 1, 1)), np.tile(np.eye(4), (m, 1, 1))
+    T0[:, :3, :3], T1[:, :3, :3] = R0.as_matrix(), R1.as_matrix()
+    T0[:, :3, 3], T1[:, :3, 3] = rng.normal(size=(m, 3)), rng.normal(size=(m, 3))
+    alpha = rng.uniform(0.0, 1.0, m)
+    out = interpolate_transforms(T0, T1, alpha)
+    expected = (R0 * Rotation.from_rotvec(alpha[:, None] * (R0.inv() * R1).as_rotvec())).as_matrix()
+    np.testing.assert_allclose(out[:, :3, :3], expected, atol=1e-9)
+    np.testing.assert_allclose(out[:, :3, 3], (1 - alpha[:, None]) * T0[:, :3, 3] + alpha[:, None] * T1[:, :3, 3])
+    np.testing.assert_allclose(out[:, 3], np.tile([0.0, 0.0, 0.0, 1.0], (m, 1)))
 
 
 def test_pose_buffer_lookup(seq):
