@@ -91,9 +91,10 @@ def anchors_from_points(
     if len(w_in) != len(pts):
         raise ValueError(f"anchors_from_points: {len(w_in)} weights for {len(pts)} points")
     T = np.asarray(T_cam_frame, np.float64)
-    # a non-finite coordinate makes every camera coordinate of its point non-finite: the pass below drops it
-    pts_cam = pts if np.array_equal(T, _IDENTITY) else transform_points(T, pts)
-    with np.errstate(invalid="ignore"):  # NaN rows stay NaN; they are dropped below
+    # a non-finite coordinate makes every camera coordinate of its point non-finite (inf * 0 is NaN: no
+    # warning for it), and the compiled pass below drops it
+    with np.errstate(invalid="ignore"):
+        pts_cam = pts if np.array_equal(T, _IDENTITY) else transform_points(T, pts)
         u, v, z = intrinsics.project(pts_cam)
     keep = _nearest_per_pixel(
         np.ascontiguousarray(u),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from scale_field_ros.anchors import anchors_from_points
 from scale_field_ros.camera import Intrinsics
@@ -43,11 +44,22 @@ def test_zbuffer_keeps_nearest_point_per_pixel(kitti_lidar):
     assert len(b) == 1 and np.isclose(b.depth_m[0], a.depth_m[0], rtol=1e-4)
 
 
-def test_points_behind_or_outside_are_dropped():
+def test_points_behind_outside_or_not_finite_are_dropped():
     k = Intrinsics(500, 500, 320, 240, 640, 480)
-    pts = np.array([[0, 0, -2.0], [100, 0, 1.0], [0, 0, 2.0], [np.nan, 0, 3.0]])
+    pts = np.array([[0, 0, -2.0], [100, 0, 1.0], [0, 0, 2.0], [np.nan, 0, 3.0], [0, 0, np.inf], [0, 0.1, 90.0]])
     a = anchors_from_points(pts, np.eye(4), k, 0.1, 80.0)
     assert len(a) == 1 and a.depth_m[0] == 2.0
+    # through a transform a NaN or inf coordinate spoils every camera coordinate of its point, none of the others
+    T = np.eye(4)
+    T[:3, 3] = [0.0, 0.0, 1.0]
+    moved = anchors_from_points(pts, T, k, 0.1, 80.0)
+    assert len(moved) == 1 and moved.depth_m[0] == 3.0
+    # a non-finite weight drops its point; the weights must match the points one to one
+    many = np.array([[0.0, 0.0, 2.0], [0.5, 0.0, 2.0], [-0.5, 0.0, 2.0]])
+    w = anchors_from_points(many, np.eye(4), k, 0.1, 80.0, weights=np.array([1.0, np.nan, 2.0]))
+    np.testing.assert_array_equal(np.sort(w.weight), [1.0, 2.0])
+    with pytest.raises(ValueError, match="weights"):
+        anchors_from_points(many, np.eye(4), k, 0.1, 80.0, weights=np.ones(2))
 
 
 def test_patterns_are_reproducible_and_on_valid_truth(kitti):
