@@ -71,6 +71,9 @@ class Anchors:
         return self.subset(self.valid_mask(width, height, min_depth_m, max_depth_m))
 
 
+_IDENTITY = np.eye(4)
+
+
 def anchors_from_points(
     points: np.ndarray,
     T_cam_frame: np.ndarray,
@@ -109,9 +112,6 @@ def anchors_from_points(
     if len(keep) == 0:
         return Anchors.empty()
     return Anchors.from_arrays(u[keep], v[keep], z[keep], w_in[keep])
-
-
-_IDENTITY = np.eye(4)
 
 
 @njit(cache=True, nogil=True)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .backbone import ImageError, to_rgb8
 from .camera import DISTORTION_COEFFICIENTS, Intrinsics
+from .poses import quaternion_from_rotation, rotation_from_quaternion
 
 
 class MessageError(ValueError):
@@ -476,27 +477,7 @@ def camera_info_fields(intrinsics: Intrinsics) -> CameraInfoFields:
 def transform_to_pose(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """4x4 rigid transform -> (position xyz, unit quaternion xyzw with w >= 0)."""
     T = np.asarray(T, dtype=np.float64)
-    R = T[:3, :3]
-    # Shepperd's method: branch on the largest of (trace, diagonal) for numerical stability.
-    tr = np.trace(R)
-    i = int(np.argmax([tr, R[0, 0], R[1, 1], R[2, 2]]))
-    if i == 0:
-        s = 2.0 * math.sqrt(1.0 + tr)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    elif i == 1:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = [0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
-    elif i == 2:
-        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = [(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s]
-    quat = np.asarray(q)
-    quat /= np.linalg.norm(quat)
-    if quat[3] < 0:
-        quat = -quat
-    return T[:3, 3].copy(), quat
+    return T[:3, 3].copy(), quaternion_from_rotation(T[:3, :3])[0]
 
 
 def pose_to_transform(position: Sequence[float], quaternion_xyzw: Sequence[float]) -> np.ndarray:
@@ -505,13 +486,8 @@ def pose_to_transform(position: Sequence[float], quaternion_xyzw: Sequence[float
     norm = np.linalg.norm(q)
     if not (np.isfinite(norm) and norm > 1e-9):
         raise MessageError(f"invalid orientation quaternion {q.tolist()}")
-    x, y, z, w = q / norm
     T = np.eye(4)
-    T[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
+    T[:3, :3] = rotation_from_quaternion(q)[0]
     T[:3, 3] = np.asarray(position, dtype=np.float64)
     return T
 

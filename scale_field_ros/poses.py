@@ -41,42 +41,43 @@ def interpolate_transforms(T0: np.ndarray, T1: np.ndarray, alpha: np.ndarray) ->
     quaternion form: numpy on (M, 4) arrays, where scipy's Rotation objects cost ~0.4 ms a call."""
     alpha = np.asarray(alpha, np.float64)
     R0 = T0[:, :3, :3]
-    q = _quaternion_from_matrix(np.matmul(R0.transpose(0, 2, 1), T1[:, :3, :3]))
-    sin_half = np.linalg.norm(q[:, 1:], axis=1)
-    half = np.arctan2(sin_half, q[:, 0])  # half the angle of the relative rotation, in [0, pi/2]
+    q = quaternion_from_rotation(np.matmul(R0.transpose(0, 2, 1), T1[:, :3, :3]))
+    sin_half = np.linalg.norm(q[:, :3], axis=1)
+    half = np.arctan2(sin_half, q[:, 3])  # half the angle of the relative rotation, in [0, pi/2]
     # the axis part of the partial turn: sin(alpha * half) / sin(half) of the full one (-> alpha for no turn)
     f = np.where(sin_half > 1e-12, np.sin(alpha * half) / np.maximum(sin_half, 1e-300), alpha)
-    q_alpha = np.concatenate([np.cos(alpha * half)[:, None], q[:, 1:] * f[:, None]], axis=1)
+    q_alpha = np.concatenate([q[:, :3] * f[:, None], np.cos(alpha * half)[:, None]], axis=1)
     T = np.tile(np.eye(4), (len(alpha), 1, 1))
-    T[:, :3, :3] = np.matmul(R0, _matrix_from_quaternion(q_alpha))
+    T[:, :3, :3] = np.matmul(R0, rotation_from_quaternion(q_alpha))
     T[:, :3, 3] = (1.0 - alpha[:, None]) * T0[:, :3, 3] + alpha[:, None] * T1[:, :3, 3]
     return T
 
 
-def _quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
-    """(M, 3, 3) rotations -> (M, 4) unit quaternions (w, x, y, z) with w >= 0. Each is computed from its
-    largest component (Shepperd's method), so none divides by a near-zero one."""
-    r = R.reshape(-1, 9)
+def quaternion_from_rotation(R: np.ndarray) -> np.ndarray:
+    """(M, 3, 3) rotations -> (M, 4) unit quaternions (x, y, z, w: ROS's order) with w >= 0. Each is computed
+    from its largest component (Shepperd's method), so none divides by a near-zero one."""
+    r = np.asarray(R, np.float64).reshape(-1, 9)
     r00, r01, r02, r10, r11, r12, r20, r21, r22 = r.T
-    four_sq = np.stack([1 + r00 + r11 + r22, 1 + r00 - r11 - r22, 1 - r00 + r11 - r22, 1 - r00 - r11 + r22], 1)
+    four_sq = np.stack([1 + r00 - r11 - r22, 1 - r00 + r11 - r22, 1 - r00 - r11 + r22, 1 + r00 + r11 + r22], 1)
     big = np.argmax(four_sq, axis=1)
     # row i of each: 4 q_i times the quaternion, from the matrix entries, when component i is the largest
     scaled = np.stack(
         [
-            np.stack([four_sq[:, 0], r21 - r12, r02 - r20, r10 - r01], 1),
-            np.stack([r21 - r12, four_sq[:, 1], r01 + r10, r02 + r20], 1),
-            np.stack([r02 - r20, r01 + r10, four_sq[:, 2], r12 + r21], 1),
-            np.stack([r10 - r01, r02 + r20, r12 + r21, four_sq[:, 3]], 1),
+            np.stack([four_sq[:, 0], r01 + r10, r02 + r20, r21 - r12], 1),
+            np.stack([r01 + r10, four_sq[:, 1], r12 + r21, r02 - r20], 1),
+            np.stack([r02 + r20, r12 + r21, four_sq[:, 2], r10 - r01], 1),
+            np.stack([r21 - r12, r02 - r20, r10 - r01, four_sq[:, 3]], 1),
         ],
         1,
     )[np.arange(len(r)), big]
     q = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
-    return np.where(q[:, :1] < 0, -q, q)
+    return np.where(q[:, 3:] < 0, -q, q)
 
 
-def _matrix_from_quaternion(q: np.ndarray) -> np.ndarray:
-    """(M, 4) unit quaternions (w, x, y, z) -> (M, 3, 3) rotation matrices."""
-    w, x, y, z = q.T
+def rotation_from_quaternion(q_xyzw: np.ndarray) -> np.ndarray:
+    """(M, 4) quaternions (x, y, z, w), normalised here (callers refuse a zero one) -> (M, 3, 3) rotations."""
+    q = np.asarray(q_xyzw, np.float64).reshape(-1, 4)
+    x, y, z, w = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
     return np.stack(
         [
             1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
