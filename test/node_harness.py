@@ -72,7 +72,8 @@ class NodeHarness:
         self.executor = SingleThreadedExecutor(context=self.context)  # as the node's main()
         self.executor.add_node(self.node)
         self.executor.add_node(self.io)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self.wait_for(self._connected, 10.0, "DDS discovery between the test node and scale_field_node")
 
@@ -176,12 +177,19 @@ class NodeHarness:
         self.wait_for(lambda: history and abs(history[-1][0] - stamp_s) < 1e-6, 5.0, f"stats of the frame {stamp_s}")
         return depth
 
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
     def close(self) -> None:
+        # the spinning thread stops first: shutting the executor down under a running handler raced with it
+        # (InvalidHandle on the executor's guard condition, raised in the spin thread)
+        self._stop.set()
+        self._thread.join(timeout=5.0)
         self.executor.shutdown(timeout_sec=5.0)
         self.node.destroy_node()
         self.io.destroy_node()
         rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
 
 
 def camera_points(anchors, intrinsics: Intrinsics) -> np.ndarray:
