@@ -27,6 +27,7 @@ from scale_field_ros import msg_codec  # noqa: E402
 from scale_field_ros.camera import Intrinsics  # noqa: E402
 from scale_field_ros.ros import conversions as conv  # noqa: E402
 from scale_field_ros.ros.node import ScaleFieldNode  # noqa: E402
+from scale_field_ros.ros.spinner import BackgroundSpinner  # noqa: E402
 
 
 def domain_id(offset: int) -> int:
@@ -72,9 +73,7 @@ class NodeHarness:
         self.executor = SingleThreadedExecutor(context=self.context)  # as the node's main()
         self.executor.add_node(self.node)
         self.executor.add_node(self.io)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self._spinner = BackgroundSpinner(self.executor)
         self.wait_for(self._connected, 10.0, "DDS discovery between the test node and scale_field_node")
 
     def _recorder(self, topic):
@@ -177,16 +176,8 @@ class NodeHarness:
         self.wait_for(lambda: history and abs(history[-1][0] - stamp_s) < 1e-6, 5.0, f"stats of the frame {stamp_s}")
         return depth
 
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
-
     def close(self) -> None:
-        # the spinning thread stops first: shutting the executor down under a running handler raced with it
-        # (InvalidHandle on the executor's guard condition, raised in the spin thread)
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        self.executor.shutdown(timeout_sec=5.0)
+        self._spinner.stop()
         self.node.destroy_node()
         self.io.destroy_node()
         rclpy.shutdown(context=self.context)

@@ -44,6 +44,7 @@ def benchmark_node(
     from ..patterns import draw_anchors
     from . import conversions as conv
     from .node import ScaleFieldNode
+    from .spinner import BackgroundSpinner
 
     if backbone is None:
         from ..backbones import load_backbone
@@ -78,8 +79,7 @@ def benchmark_node(
     executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): inference has its own thread
     executor.add_node(node)
     executor.add_node(io)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = BackgroundSpinner(executor)
     try:
         deadline = time.monotonic() + timeout_s
         while not (
@@ -118,11 +118,10 @@ def benchmark_node(
             time.sleep(0.001)
         history = list(node.stats.history)[warmup:]
     finally:
-        executor.shutdown(timeout_sec=5.0)
+        spinner.stop()
         node.destroy_node()
         io.destroy_node()
         rclpy.shutdown(context=ctx)
-        spinner.join(timeout=5.0)
 
     latency = np.array([lat for _, lat, _ in history])
     backbone_ms = np.array([st.get("pipeline.backbone", 0.0) for _, _, st in history])
