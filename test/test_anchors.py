@@ -60,6 +60,11 @@ def test_points_behind_outside_or_not_finite_are_dropped():
     np.testing.assert_array_equal(np.sort(w.weight), [1.0, 2.0])
     with pytest.raises(ValueError, match="weights"):
         anchors_from_points(many, np.eye(4), k, 0.1, 80.0, weights=np.ones(2))
+    # of equally near points on one pixel the first wins; pixels come out in row-major order
+    u, v, z = np.array([[320, 240, 2.0], [320.2, 240, 2.0], [100, 50, 3.0], [100, 50, 1.5], [500, 50, 2.0]]).T
+    on_pixels = np.stack([(u - k.cx) / k.fx * z, (v - k.cy) / k.fy * z, z], axis=1)
+    t = anchors_from_points(on_pixels, np.eye(4), k, 0.1, 80.0, weights=np.arange(1.0, 6.0))
+    np.testing.assert_array_equal(t.weight, [4.0, 5.0, 1.0])
 
 
 def test_patterns_are_reproducible_and_on_valid_truth(kitti):
