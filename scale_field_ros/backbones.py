@@ -92,7 +92,8 @@ def load_backbone(
         raise ValueError(f"options {sorted(unknown)} apply to Depth Anything backbones only")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    if int(threads) < 0:
+    threads = int(threads)
+    if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = runtime default), got {threads}")
     path = Path(model_path) if model_path is not None else default_model_path()
     is_onnx = path.suffix.lower() == ".onnx"
@@ -113,31 +114,51 @@ def load_backbone(
 
         onnx_path = path if graph_file else fastdepth_graph_onnx(path)
         return graph_backbone_on(
-            onnx_path, choice.runtime, int(threads), options.get("precision", "fp16"), options.get("cache_dir")
+            onnx_path, choice.runtime, threads, options.get("precision", "fp16"), options.get("cache_dir")
         )
     runtime = "onnxruntime" if choice.runtime == ORT_CPU else "torch"
     device = "cpu" if choice.device == "cpu" else (device if str(device).startswith("cuda") else "cuda")
     if is_onnx:
         if runtime != "onnxruntime":
             raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
-        return FastDepthBackbone(_OrtRunner(_check_onnx_file(path), int(threads), device), runtime, path)
+        depth_name, *feature_names = _check_onnx_file(path)
+        runner = _ort_runner(path, [depth_name, *feature_names], threads)
+        return FastDepthBackbone(runner, runtime, path, _ort_threads(threads), tuple(feature_names))
+    from .fastdepth import DEPTH_OUTPUT, FEATURE_NAMES, FastDepthGraph
     from .tflite_weights import load_fastdepth
 
     model, weights = load_fastdepth(path)
     if runtime == "torch":
-        runner = _TorchRunner(model, int(threads), device)
+        import torch
+
+        from .torch_runtime import TorchRunner
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        runner, used_threads = TorchRunner(FastDepthGraph(model), device), torch.get_num_threads()
     else:
-        runner = _OrtRunner(_cached_onnx(model, weights.sha256), int(threads), device)
-    return FastDepthBackbone(runner, runtime, path, weights.input_scale, weights.input_zero_point)
+        onnx_path = _cached_onnx(model, weights.sha256)
+        runner, used_threads = _ort_runner(onnx_path, [DEPTH_OUTPUT, *FEATURE_NAMES], threads), _ort_threads(threads)
+    quantisation = (weights.input_scale, weights.input_zero_point)
+    return FastDepthBackbone(runner, runtime, path, used_threads, FEATURE_NAMES, *quantisation)
 
 
 class FastDepthBackbone:
-    """FastDepth behind the `Backbone` protocol: any RGB image in, metres-ish depth at its resolution out."""
+    """FastDepth behind the `Backbone` protocol: any RGB image in, metres-ish depth at its resolution out.
+    `runner`: a `graph_backbone.GraphRunner` whose outputs are the depth, then the features `feature_names`;
+    `threads`: the intra-op threads it runs on."""
 
     name = "fastdepth"
 
     def __init__(
-        self, runner, runtime: str, model_path: Path, input_scale: float = 1.0 / 255.0, input_zero_point: int = 0
+        self,
+        runner,
+        runtime: str,
+        model_path: Path,
+        threads: int,
+        feature_names: tuple[str, ...],
+        input_scale: float = 1.0 / 255.0,
+        input_zero_point: int = 0,
     ) -> None:
         from .fastdepth import INPUT_SIZE
 
@@ -145,7 +166,8 @@ class FastDepthBackbone:
         self.runtime = runtime
         self.model_path = model_path
         self.input_size = INPUT_SIZE
-        self.threads = runner.threads
+        self.threads = threads
+        self._feature_names = tuple(feature_names)
         # The int8 graph's input quantisation tells what float the network expects per uint8 pixel.
         self._input_scale = np.float32(input_scale)
         self._input_zero_point = np.float32(input_zero_point)
@@ -162,61 +184,36 @@ class FastDepthBackbone:
         return (x - self._input_zero_point) * self._input_scale
 
     def infer(self, rgb: np.ndarray) -> BackboneOutput:
+        import torch
+
         image = to_rgb8(rgb)
         h, w = image.shape[:2]
-        depth, features = self._runner(self.preprocess(image))
-        depth_m = cv2.resize(depth[0, 0], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
+        depth, *features = (t.cpu().numpy() for t in self._runner.run(torch.from_numpy(self.preprocess(image))))
+        depth_small = depth.reshape(depth.shape[-2:])  # 1x1xSxS from an ONNX export, 1xSxS from the torch graph
+        depth_m = cv2.resize(depth_small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
         return BackboneOutput(
             relative=depth_m,
             kind=DepthKind.DEPTH,
             metric=True,  # trained on NYU in metres: roughly metric indoors, still to be corrected
-            features={k: np.ascontiguousarray(v[0], dtype=np.float32) for k, v in features.items()},
+            features={
+                k: np.ascontiguousarray(v[0], dtype=np.float32)
+                for k, v in zip(self._feature_names, features, strict=True)
+            },
         )
 
 
-class _TorchRunner:
-    def __init__(self, model, threads: int, device: str) -> None:
-        import torch
+def _ort_runner(onnx_path: Path, outputs: list[str], threads: int):
+    """A FastDepth ONNX export (`outputs`: the depth first) in ONNX Runtime on the CPU."""
+    from .onnxruntime_runtime import OnnxRuntimeRunner
 
-        if threads > 0:
-            torch.set_num_threads(threads)
-        self.threads = torch.get_num_threads()
-        self._torch = torch
-        self._device = torch.device(device)
-        self._model = model.to(self._device).eval()
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        torch = self._torch
-        with torch.inference_mode():
-            depth, features = self._model(torch.from_numpy(x).to(self._device))
-        return depth.cpu().numpy(), {k: v.cpu().numpy() for k, v in features.items()}
+    try:
+        return OnnxRuntimeRunner(onnx_path, ["CPUExecutionProvider"], threads, outputs)
+    except Exception as exc:  # ONNX Runtime raises its own exception types on a file it cannot load
+        raise ModelFileError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
 
 
-class _OrtRunner:
-    def __init__(self, onnx_path: Path, threads: int, device: str) -> None:
-        import onnxruntime as ort
-
-        if device != "cpu":
-            raise ValueError(f"the onnxruntime FastDepth runtime runs on cpu only, not {device!r}")
-        from .onnxruntime_runtime import session_options
-
-        try:
-            self._session = ort.InferenceSession(
-                str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise ModelFileError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
-        self.onnx_path = onnx_path
-        self.threads = threads if threads > 0 else (os.cpu_count() or 1)
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs()]
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        from .fastdepth import DEPTH_OUTPUT
-
-        values = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: x}), strict=True))
-        depth = values.pop(DEPTH_OUTPUT)
-        return depth, values
+def _ort_threads(threads: int) -> int:
+    return threads if threads > 0 else (os.cpu_count() or 1)
 
 
 def _is_graph_onnx(path: Path) -> bool:
@@ -257,8 +254,9 @@ def fastdepth_graph_onnx(tflite_path: Path) -> Path:
     raise ModelFileError(f"could not write the graph export {name} to {cache_dir()} or the temp dir")
 
 
-def _check_onnx_file(path: Path) -> Path:
-    """An ONNX file with FastDepth's interface (input 1x3x224x224, output 'depth'), else `ModelFileError`."""
+def _check_onnx_file(path: Path) -> list[str]:
+    """The outputs of an ONNX file with FastDepth's interface (input 1x3x224x224, output 'depth'), the depth
+    first and then the others (the features, in the file's order); else `ModelFileError`."""
     from .fastdepth import DEPTH_OUTPUT, INPUT_SIZE
 
     expected = f"an ONNX export of FastDepth (input 1x3x{INPUT_SIZE}x{INPUT_SIZE}, output '{DEPTH_OUTPUT}')"
@@ -274,7 +272,7 @@ def _check_onnx_file(path: Path) -> Path:
         raise ModelFileError(f"model file {path} is not a readable ONNX model ({exc}); expected {expected}") from exc
     if dims != [1, 3, INPUT_SIZE, INPUT_SIZE] or DEPTH_OUTPUT not in outputs:
         raise ModelFileError(f"model file {path} has input {dims} and outputs {outputs}; expected {expected}")
-    return path
+    return [DEPTH_OUTPUT, *(name for name in outputs if name != DEPTH_OUTPUT)]
 
 
 def _cached_onnx(model, sha256: str) -> Path:
@@ -287,7 +285,8 @@ def _cached_onnx(model, sha256: str) -> Path:
         target = folder / name
         if target.is_file():
             try:
-                return _check_onnx_file(target)
+                _check_onnx_file(target)
+                return target
             except ModelFileError:
                 pass  # damaged cache entry: export again over it
         try:

@@ -47,13 +47,21 @@ def session_options(threads: int = 0):
 
 
 class OnnxRuntimeRunner:
-    """`GraphRunner` over an ONNX Runtime session; `providers` None picks CUDA when available."""
+    """`GraphRunner` over an ONNX Runtime session; `providers` None picks CUDA when available. `outputs`: the
+    outputs `run` returns, in order; None: those of the graph metadata `scale-field export` wrote (the file
+    must carry it). A plain network export (FastDepth's own ONNX file) names its outputs instead."""
 
-    def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        outputs: list[str] | tuple[str, ...] | None = None,
+    ) -> None:
         import onnxruntime as ort
         import torch
 
-        self.meta = read_graph_meta(onnx_path)
+        self.meta = read_graph_meta(onnx_path) if outputs is None else None
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -64,10 +72,14 @@ class OnnxRuntimeRunner:
         # Pre/post-processing stays on the CPU: outputs come back as numpy either way.
         self.device = torch.device("cpu")
         self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        if tuple(self.output_names) != self.meta.output_names:
+        in_file = [o.name for o in self.session.get_outputs()]
+        self.output_names = list(outputs) if outputs is not None else in_file
+        if self.meta is not None and tuple(self.output_names) != self.meta.output_names:
             raise ValueError(f"{onnx_path}: outputs {self.output_names} differ from metadata {self.meta.output_names}")
-        self.fixed_hw = self.meta.fixed_hw
+        missing = [name for name in self.output_names if name not in in_file]
+        if missing:
+            raise ValueError(f"{onnx_path} has no outputs {missing} (it has {in_file})")
+        self.fixed_hw = self.meta.fixed_hw if self.meta is not None else None
         LOG.info("onnxruntime session on %s (providers %s)", self.name, used)
 
     def run(self, image: torch.Tensor) -> list[torch.Tensor]:

@@ -125,6 +125,42 @@ def test_exported_onnx_file_is_accepted_as_model_path(frames, ort_backbone, cach
         load_backbone(model_path=exported[0], runtime="torch")
 
 
+def test_depth_only_onnx_file_runs_without_features(tmp_path, frames, ort_backbone, fastdepth_path):
+    """A FastDepth ONNX export of the depth alone (as other tools write it) is accepted: the same depth, no
+    features, and the pipeline still builds its bases from the depth."""
+    import torch
+
+    from scale_field_ros.backbones import load_backbone
+    from scale_field_ros.bases import BasisConfig, build_bases
+    from scale_field_ros.fastdepth import DEPTH_OUTPUT, INPUT_SIZE
+    from scale_field_ros.onnx_export import export_onnx
+    from scale_field_ros.patterns import draw_anchors
+    from scale_field_ros.pipeline import Pipeline, PipelineConfig
+    from scale_field_ros.tflite_weights import load_fastdepth
+
+    class DepthOnly(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)[0]
+
+    model, _ = load_fastdepth(fastdepth_path)
+    path = export_onnx(DepthOnly(model), tmp_path / "depth_only.onnx", (INPUT_SIZE, INPUT_SIZE), [DEPTH_OUTPUT])
+    backbone = load_backbone(model_path=path, runtime="onnxruntime", threads=1)
+    frame = frames[0]
+    out = backbone.infer(frame.rgb)
+    assert out.features == {}
+    assert _max_rel_diff(ort_backbone.infer(frame.rgb).relative, out.relative) < 1e-6
+    result = Pipeline(None, PipelineConfig(max_depth_m=frame.max_depth_m)).process_output(
+        out, draw_anchors(frame, "uniform", 200, seed=0).anchors
+    )
+    assert np.all(np.isfinite(result.depth_m)) and result.fit.level.value == "full"
+    names = build_bases(out, BasisConfig(), 1000).names
+    assert "depth0" in names and not any(name.startswith("pca") for name in names)
+
+
 def _retarget_resize_to_bilinear(data: bytes) -> bytes:
     """A well-formed TFLite whose graph differs from FastDepth: nearest-neighbour resizing becomes bilinear."""
     import tflite
