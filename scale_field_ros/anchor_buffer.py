@@ -187,7 +187,7 @@ def anchors_for_image(
     """
     T_body_cam = np.eye(4) if T_body_cam is None else T_body_cam
     problems: list[tuple[str, str]] = []
-    clouds: list[tuple[np.ndarray, np.ndarray]] = []  # (points, T_cam_points)
+    clouds: list[tuple[np.ndarray, np.ndarray | None]] = []  # (points, T_cam_points; None: in the camera already)
     have_poses = poses is not None and len(poses) > 0
     T_wb_image = poses.lookup(image_stamp_s) if have_poses else None
     if (anchors_in_world or (motion_compensation and have_poses)) and sets and T_wb_image is None:
@@ -201,7 +201,7 @@ def anchors_for_image(
         elif motion_compensation and T_wb_image is not None and deskew and s.point_time_s is not None:
             moved = _deskewed(s, poses, T_wb_image, T_body_cam, T_cam_anchor)
             if moved is not None:
-                clouds.append((moved, np.eye(4)))
+                clouds.append((moved, None))
                 continue
             problems.append(
                 (
@@ -222,8 +222,9 @@ def anchors_for_image(
     if len(clouds) == 1:  # the usual case: anchors_from_points moves it into the camera itself
         pts, T_cam_pts = clouds[0]
     else:
-        pts = np.concatenate([transform_points(T, p.astype(np.float64)) for p, T in clouds])
-        T_cam_pts = np.eye(4)
+        pts = np.concatenate([p if T is None else transform_points(T, p.astype(np.float64)) for p, T in clouds])
+        T_cam_pts = None  # every set is in the camera now
+    T_cam_pts = np.eye(4) if T_cam_pts is None else T_cam_pts
     anchors = anchors_from_points(pts, T_cam_pts, intrinsics, min_depth_m, max_depth_m)
     return ImageAnchors(anchors, len(clouds), len(pts), tuple(problems))
 

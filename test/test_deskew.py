@@ -95,6 +95,26 @@ def test_deskewed_scan_gives_the_true_anchors(frame, scan, poses):
     assert depth_error_at_true_pixels(frame, off.anchors) == (hit_whole, err_whole)
 
 
+def test_scan_in_two_sets_gives_the_anchors_of_one(frame, scan, poses):
+    """Several sets for one image (here one deskewed scan sent as two halves) are joined in the camera and
+    z-buffered together: the same anchors as the scan in one set."""
+    points, offsets = scan
+    whole = image_anchors(frame, points, offsets, poses).anchors
+    half = len(points) // 2
+    sets = [
+        AnchorSet(STAMP, p, "velodyne", t)
+        for p, t in ((points[:half], offsets[:half]), (points[half:], offsets[half:]))
+    ]
+    kwargs = dict(poses=poses, T_body_cam=invert_transform(frame.T_cam_lidar))
+    image_stamp = STAMP + IMAGE_AFTER_SCAN_S
+    split = anchors_for_image(sets, image_stamp, frame.intrinsics, frame.T_cam_lidar, *RANGE, **kwargs)
+    assert split.n_sets == 2 and split.problems == ()
+    # each half is blended between its own pose knots: the same points to the blend's 0.1 mm (0.05 px here)
+    assert len(split.anchors) == len(whole)
+    np.testing.assert_allclose(split.anchors.depth_m, whole.depth_m, rtol=1e-6)
+    np.testing.assert_allclose(np.c_[split.anchors.u, split.anchors.v], np.c_[whole.u, whole.v], atol=0.05)
+
+
 def test_deskew_shows_in_the_metric_depth(frame, scan, poses):
     # a tenth of the scan as anchors (KITTI-like), scored on the true held-out points as `native` eval does
     points, offsets = scan
