@@ -229,7 +229,7 @@ def _is_graph_onnx(path: Path) -> bool:
 def fastdepth_graph_onnx(tflite_path: Path) -> Path:
     """FastDepth plus the analytic bases as one graph at 224x224 (what `scale-field export --backbone fastdepth`
     writes), exported once per weights file into the cache for the GPU runtimes."""
-    from .bases import BasisConfig
+    from .basis_set import BasisConfig
     from .export import build_graph, export_onnx
     from .fastdepth import INPUT_SIZE
     from .hashing import file_sha256, text_digest

@@ -28,16 +28,9 @@ from torch import nn
 
 from .anchors import Anchors
 from .backbone import BackboneOutput, DepthKind
-from .bases import (
-    BasisConfig,
-    BasisSet,
-    family_for_anchors,
-    feature_pool_factor,
-    pick_feature,
-    position_maps,
-    working_shape,
-)
+from .bases import family_for_anchors, feature_pool_factor, pick_feature, position_maps, working_shape
 from .basis_head import box_filter
+from .basis_set import BasisConfig, BasisSet
 from .field_torch import masked_median
 
 FULL_TIER = 3

@@ -25,7 +25,8 @@ from torch import nn
 
 from .anchors import Anchors
 from .backbone import BackboneOutput
-from .bases import BasisConfig, BasisSet, relative_inverse_depth, working_shape
+from .bases import relative_inverse_depth, working_shape
+from .basis_set import BasisConfig, BasisSet
 from .graph_backbone import LEARNED_BASES_OUTPUT
 from .hashing import file_sha256
 

@@ -63,8 +63,8 @@ def build_graph(
         raise ValueError(f"no exportable graph for backbone {backbone!r}; expected one of {backbone_names()}")
     if bases == "none":
         return graph, meta
-    from .bases import BasisConfig
     from .bases_torch import with_bases
+    from .basis_set import BasisConfig
 
     return with_bases(graph, meta, basis_config or BasisConfig())
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .anchors import Anchors
 from .array_namespace import NUMPY
-from .bases import BasisSet, sample_maps
+from .basis_set import BasisSet, sample_maps
 from .residual_grid import LocalCorrection
 from .solver import Design, Prior
 

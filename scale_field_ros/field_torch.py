@@ -270,7 +270,7 @@ def inverse_spd(m: torch.Tensor) -> torch.Tensor:
 
 
 def sample_maps(maps: torch.Tensor, u: torch.Tensor, v: torch.Tensor, full_shape: tuple[int, int]) -> torch.Tensor:
-    """(B, N, K) bilinear samples of (B, K, h, w) maps at full-resolution pixels, as `bases.sample_maps`."""
+    """(B, N, K) bilinear samples of (B, K, h, w) maps at full-resolution pixels, as `basis_set.sample_maps`."""
     bsz, k, h, w = maps.shape
     fh, fw = full_shape
     x = ((u.to(maps.dtype) + 0.5) * (w / fw) - 0.5).clamp(0, w - 1)
@@ -511,8 +511,9 @@ def benchmark_scale_field_torch(
     """
     import numpy as np
 
-    from .bases import BasisConfig, pick_feature
+    from .bases import pick_feature
     from .bases_torch import analytic_bases
+    from .basis_set import BasisConfig
     from .pipeline import benchmark_input, stage_report
 
     dev = torch.device(device)

@@ -16,7 +16,8 @@ import numpy as np
 
 from .anchors import Anchors, anchors_from_points
 from .backbone import Backbone, BackboneOutput, DepthKind
-from .bases import BasisConfig, BasisSet, bases_provider, build_bases, family_for_tier, sample_maps, tier_for
+from .bases import bases_provider, build_bases
+from .basis_set import BasisConfig, BasisSet, family_for_tier, sample_maps, tier_for
 from .camera import Intrinsics
 from .deskew import transform_at_times
 from .field import PriorConfig, anchor_design, blend_scale_only, compose, loose_prior, prior_around, relative_to_fit

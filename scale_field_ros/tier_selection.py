@@ -1,6 +1,6 @@
 """Which basis family a frame's anchors can support: spatially blocked cross-validation over the candidates
 (scale only, scale and shift, the tiers of `bases`, a depth-affine alignment), and the blend of a richer
-pick with scale only (`bases.ScaleOnlyBlend`). `bases.build_bases` calls `select_tier` on the full family."""
+pick with scale only (`basis_set.ScaleOnlyBlend`). `bases.build_bases` calls `select_tier` on the full family."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-from .bases import BasisConfig, BasisSet, ScaleOnlyBlend, _restrict, _tier_columns, sample_maps
+from .basis_set import BasisConfig, BasisSet, ScaleOnlyBlend, restrict, sample_maps, tier_columns
 from .solver import _solve_spd
 
 
@@ -76,7 +76,7 @@ def candidate(full: BasisSet, cv: HeldOut, index: int) -> BasisSet:
     if cv.labels[index] == "affine":
         aa, bb = _depth_affine(cv.g, cv.depth_m)
         return dataclasses.replace(_depth_aligned(full, aa, bb, why + " -> depth affine"), coverage=cv.coverage)
-    return dataclasses.replace(_restrict(full, int(cv.labels[index]), why, cv.s0), coverage=cv.coverage)
+    return dataclasses.replace(restrict(full, int(cv.labels[index]), why, cv.s0), coverage=cv.coverage)
 
 
 def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: float = 0.3) -> HeldOut | BasisSet:
@@ -99,7 +99,7 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     s0 = absrel_scale(ratio)
     if len(occupied) < 2 or not (np.isfinite(s0) and s0 > 0):
         hint = s0 if np.isfinite(s0) and s0 > 0 else 0.0
-        return _restrict(full, -1, "scale only: anchors in one grid cell", hint)
+        return restrict(full, -1, "scale only: anchors in one grid cell", hint)
     log_r = np.log(ratio / s0)
     dev = np.abs(log_r - np.median(log_r))
     good = dev <= max(4.0 * 1.4826 * float(np.median(dev)), np.log(1.5))
@@ -109,7 +109,7 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     fold = np.searchsorted(occupied, cell[good]) % min(5, len(occupied))
     k = full.k
     rungs = [np.array([0, k])]  # scale and shift, then the tiers (scale only, rung -1, is held out below)
-    rungs += [np.append(_tier_columns(full.names, t), k) for t in range(1, full.tier + 1)]
+    rungs += [np.append(tier_columns(full.names, t), k) for t in range(1, full.tier + 1)]
     cols = np.full((len(rungs), k + 1), -1, np.int64)
     for r, c in enumerate(rungs):
         cols[r, : len(c)] = c
@@ -174,7 +174,7 @@ def _depth_aligned(full: BasisSet, a: float, b: float, why: str) -> BasisSet:
     inv_rel = (inv / np.float32(med)).astype(np.float32)
     h, w = full.work_shape
     work = cv2.resize(inv_rel, (w, h), interpolation=cv2.INTER_AREA)
-    restricted = _restrict(full, -1, why, med)
+    restricted = restrict(full, -1, why, med)
     return dataclasses.replace(restricted, inv_rel=inv_rel, inv_rel_work=work, scale_inv_rel=med)
 
 

@@ -255,8 +255,8 @@ def train(
     import torch
     from tqdm import tqdm
 
-    from .bases import BasisConfig
     from .basis_head import BasisHead, HeadSpec, model_sha256, n_parameters, save_checkpoint
+    from .basis_set import BasisConfig
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -9,7 +9,8 @@ import pytest
 from field_backbone import infer
 
 from scale_field_ros.backbone import BackboneOutput, DepthKind
-from scale_field_ros.bases import BasisConfig, build_bases, relative_inverse_depth, sample_maps
+from scale_field_ros.bases import build_bases, relative_inverse_depth
+from scale_field_ros.basis_set import BasisConfig, sample_maps
 
 
 def test_family_grows_with_anchors_and_first_basis_is_constant():

@@ -10,9 +10,10 @@ import torch
 from field_backbone import infer
 
 from scale_field_ros.backbone import BackboneOutput
-from scale_field_ros.bases import BasisConfig, build_bases, pick_feature, relative_inverse_depth
+from scale_field_ros.bases import build_bases, pick_feature, relative_inverse_depth
 from scale_field_ros.bases_torch import TorchAnalyticBases, analytic_bases
 from scale_field_ros.bases_torch import relative_inverse_depth as relative_inverse_depth_torch
+from scale_field_ros.basis_set import BasisConfig
 from scale_field_ros.metrics import compute_metrics, evaluation_mask
 from scale_field_ros.patterns import draw_anchors
 from scale_field_ros.pipeline import Pipeline, PipelineConfig

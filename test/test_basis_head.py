@@ -12,7 +12,6 @@ from field_backbone import infer
 
 from scale_field_ros import field_torch as ft
 from scale_field_ros.backbone import BackboneOutput
-from scale_field_ros.bases import BasisConfig
 from scale_field_ros.basis_head import (
     BASES_OUTPUT,
     BasisHead,
@@ -23,6 +22,7 @@ from scale_field_ros.basis_head import (
     n_parameters,
     save_checkpoint,
 )
+from scale_field_ros.basis_set import BasisConfig
 from scale_field_ros.field import PriorConfig, anchor_design, loose_prior, prior_around, relative_to_fit
 from scale_field_ros.patterns import draw_anchors
 from scale_field_ros.pipeline import Pipeline, PipelineConfig

@@ -13,7 +13,8 @@ pytest.importorskip("onnxruntime")
 
 from scale_field_ros import depth_anything, export  # noqa: E402
 from scale_field_ros.backbone import BackboneOutput  # noqa: E402
-from scale_field_ros.bases import BasisConfig, build_bases  # noqa: E402
+from scale_field_ros.bases import build_bases  # noqa: E402
+from scale_field_ros.basis_set import BasisConfig  # noqa: E402
 from scale_field_ros.datasets import load_dataset, shared_root  # noqa: E402
 from scale_field_ros.graph_backbone import BASIS_OUTPUTS, GraphBackbone, preprocess  # noqa: E402
 from scale_field_ros.onnxruntime_runtime import OnnxRuntimeRunner, read_graph_meta  # noqa: E402

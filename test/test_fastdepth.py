@@ -131,7 +131,8 @@ def test_depth_only_onnx_file_runs_without_features(tmp_path, frames, ort_backbo
     import torch
 
     from scale_field_ros.backbones import load_backbone
-    from scale_field_ros.bases import BasisConfig, build_bases
+    from scale_field_ros.bases import build_bases
+    from scale_field_ros.basis_set import BasisConfig
     from scale_field_ros.fastdepth import DEPTH_OUTPUT, INPUT_SIZE
     from scale_field_ros.onnx_export import export_onnx
     from scale_field_ros.patterns import draw_anchors

@@ -8,7 +8,8 @@ import torch
 from field_backbone import infer
 
 from scale_field_ros import field_torch as ft
-from scale_field_ros.bases import BasisConfig, build_bases
+from scale_field_ros.bases import build_bases
+from scale_field_ros.basis_set import BasisConfig
 from scale_field_ros.field import PriorConfig, anchor_design, compose, loose_prior, prior_around, relative_to_fit
 from scale_field_ros.patterns import draw_anchors
 from scale_field_ros.solver import Design, FitLevel, Prior, SolverConfig, solve

@@ -8,8 +8,8 @@ import torch
 from conftest import dataset_dir
 from field_backbone import backbone as fastdepth_backbone
 
-from scale_field_ros.bases import BasisConfig
 from scale_field_ros.basis_head import BasisHead, LearnedBases, load_checkpoint
+from scale_field_ros.basis_set import BasisConfig
 from scale_field_ros.train import TrainConfig, draw_sample, learned_stack, load_views, sample_loss, train
 
 
