@@ -312,8 +312,9 @@ def pointcloud2_decode(
     # Strided view: rows are row_step apart (organised clouds may pad rows), points point_step apart.
     grid = np.ndarray(shape=(height, width), dtype=point_dtype, buffer=buf, strides=(row_step, point_step))
     xyz = np.empty((height * width, 3), np.float32)
-    for i, n in enumerate(("x", "y", "z")):
-        xyz[:, i] = grid[n].reshape(-1)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: dropped below with the NaNs
+        for i, n in enumerate(("x", "y", "z")):
+            xyz[:, i] = grid[n].reshape(-1)
     finite = np.isfinite(xyz).all(axis=1)
     times, note = None, ""
     if time_name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import warnings
 
 import cv2
 import numpy as np
@@ -206,6 +207,22 @@ def test_cloud_nonfinite_dropped_and_counted(lidar_frame):
     bad = ~np.isfinite(pts).all(axis=1)
     assert d.n_nonfinite == int(bad.sum()) > 0
     np.testing.assert_array_equal(d.points, pts[~bad])
+
+
+def test_cloud_float64_beyond_float32_range_dropped_quietly(lidar_frame):
+    """A float64 coordinate too large for float32 (a driver's 'no return' sentinel such as 1e300) is dropped
+    and counted like a NaN, without numpy's overflow warning on the node's stderr."""
+    pts = lidar_frame.lidar_points[:400]
+    fields, point_step, row_step, width, h, data = _custom_cloud(pts, 1, False, 0)
+    arr = np.frombuffer(data, np.uint8).copy()
+    sentinel = np.array([1e300], "<f8").view(np.uint8)
+    for i in (3, 77):  # x of two points (offset 16 in a 48-byte point)
+        arr[i * point_step + 16 : i * point_step + 24] = sentinel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = mc.pointcloud2_decode(fields, point_step, row_step, width, h, arr.tobytes())
+    assert d.n_nonfinite == 2
+    np.testing.assert_array_equal(d.points, np.delete(pts[:width], [3, 77], axis=0))
 
 
 def test_cloud_errors(lidar_frame):
