@@ -24,6 +24,31 @@ from scale_field_ros.ros.params import all_param_specs, settings_from_values  # 
 U32 = [0, 1, 2, 3, 4, 7, 8, 12, 16, 17, 479, 480, 640, 1000, 2**31, 2**32 - 1]
 
 
+def truncated(rng: random.Random, data) -> bytes:
+    return bytes(data)[: rng.randrange(len(data) + 1)]
+
+
+# (part of the message, field, new value from the rng and the message): one is drawn per mutation
+CLOUD_MUTATIONS = [
+    *((lambda m: m, name, lambda rng, m: rng.choice(U32)) for name in ("point_step", "row_step", "width", "height")),
+    (lambda m: m, "data", lambda rng, m: truncated(rng, m.data)),
+    (lambda m: m.fields[0], "offset", lambda rng, m: rng.choice(U32)),
+    (lambda m: m.fields[1], "datatype", lambda rng, m: rng.randrange(0, 12)),
+    (lambda m: m.fields[2], "count", lambda rng, m: rng.choice([0, 1, 3, 2**31])),
+    (lambda m: m.fields[-1], "name", lambda rng, m: rng.choice(["x", "y", "z", "t", "time", "", "intensity"])),
+]
+IMAGE_MUTATIONS = [
+    *((lambda m: m, name, lambda rng, m: rng.choice(U32)) for name in ("step", "height", "width")),
+    (lambda m: m, "data", lambda rng, m: truncated(rng, m.data)),
+]
+
+
+def mutate(rng: random.Random, msg, mutations) -> None:
+    part, name, value = rng.choice(mutations)
+    target = part(msg)
+    setattr(target, name, value(rng, msg))
+
+
 def processor(backbone=None) -> FrameProcessor:
     settings, config = settings_from_values({s.name: s.default for s in all_param_specs()})
     return FrameProcessor(settings, config, backbone)
@@ -43,26 +68,7 @@ def mutated_cloud(rng: random.Random, points: np.ndarray):
         pts[rng.randrange(n)] = rng.choice([np.nan, np.inf, -np.inf, 3e38])
     msg = conv.cloud_msg(msg_codec.cloud_fields(pts, cols), header("velodyne"))
     for _ in range(rng.randrange(0, 3)):
-        k = rng.randrange(9)
-        field = rng.choice(msg.fields)
-        if k == 0:
-            msg.point_step = rng.choice(U32)
-        elif k == 1:
-            msg.row_step = rng.choice(U32)
-        elif k == 2:
-            msg.width = rng.choice(U32)
-        elif k == 3:
-            msg.height = rng.choice(U32)
-        elif k == 4:
-            field.offset = rng.choice(U32)
-        elif k == 5:
-            field.datatype = rng.randrange(0, 12)
-        elif k == 6:
-            field.count = rng.choice([0, 1, 3, 2**31])
-        elif k == 7:
-            msg.data = bytes(msg.data)[: rng.randrange(len(msg.data) + 1)]
-        else:
-            field.name = rng.choice(["x", "y", "z", "t", "time", "", "intensity"])
+        mutate(rng, msg, CLOUD_MUTATIONS)
     return msg
 
 
@@ -135,15 +141,8 @@ def test_images_survive_malformed_messages(sun3d, fastdepth_path):
             msg.encoding = rng.choice(["rgb8", "bgr8", "rgba8", "mono8", "mono16", "yuv422", ""])
             msg.height, msg.width, msg.step = h, w, 3 * w
             msg.data = frame.rgb.tobytes()
-            k = rng.randrange(5)
-            if k == 0:
-                msg.step = rng.choice(U32)
-            elif k == 1:
-                msg.height = rng.choice(U32)
-            elif k == 2:
-                msg.width = rng.choice(U32)
-            elif k == 3:
-                msg.data = bytes(msg.data)[: rng.randrange(len(msg.data) + 1)]
+            if rng.random() < 0.8:
+                mutate(rng, msg, IMAGE_MUTATIONS)
         msg.header = header("camera")
         step = proc.process_image(msg, compressed, 10.0 + i / 30.0)
         if step.frame is None:
