@@ -13,13 +13,13 @@ import pytest
 pytest.importorskip("rclpy", reason="needs the ROS 2 Python wheels (message types)")
 
 from nav_msgs.msg import Odometry  # noqa: E402
+from node_harness import header  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
 
 from scale_field_ros import msg_codec  # noqa: E402
 from scale_field_ros.frame_processor import FrameProcessor  # noqa: E402
 from scale_field_ros.ros import conversions as conv  # noqa: E402
-from scale_field_ros.ros.params import all_param_specs, settings_from_values  # noqa: E402
+from scale_field_ros.run_offline import load_settings  # noqa: E402
 
 U32 = [0, 1, 2, 3, 4, 7, 8, 12, 16, 17, 479, 480, 640, 1000, 2**31, 2**32 - 1]
 
@@ -50,14 +50,8 @@ def mutate(rng: random.Random, msg, mutations) -> None:
 
 
 def processor(backbone=None) -> FrameProcessor:
-    settings, config = settings_from_values({s.name: s.default for s in all_param_specs()})
+    settings, config = load_settings()  # the node's defaults
     return FrameProcessor(settings, config, backbone)
-
-
-def header(frame_id: str) -> Header:
-    h = Header()
-    h.frame_id = frame_id
-    return h
 
 
 def mutated_cloud(rng: random.Random, points: np.ndarray):
@@ -66,14 +60,14 @@ def mutated_cloud(rng: random.Random, points: np.ndarray):
     pts = points[rng.randrange(len(points) - n) :][:n].copy()
     if rng.random() < 0.3:
         pts[rng.randrange(n)] = rng.choice([np.nan, np.inf, -np.inf, 3e38])
-    msg = conv.cloud_msg(msg_codec.cloud_fields(pts, cols), header("velodyne"))
+    msg = conv.cloud_msg(msg_codec.cloud_fields(pts, cols), header(0.0, "velodyne"))
     for _ in range(rng.randrange(0, 3)):
         mutate(rng, msg, CLOUD_MUTATIONS)
     return msg
 
 
 def mutated_camera_info(rng: random.Random, intrinsics):
-    msg = conv.camera_info_msg(intrinsics, header("camera"))
+    msg = conv.camera_info_msg(intrinsics, header(0.0, "camera"))
     k = rng.randrange(6)
     if k == 0:
         msg.k = [rng.choice([0.0, np.nan, np.inf, -1.0, 1e300]) if rng.random() < 0.3 else v for v in msg.k]
@@ -90,7 +84,7 @@ def mutated_camera_info(rng: random.Random, intrinsics):
 
 def mutated_odometry(rng: random.Random):
     msg = Odometry()
-    msg.header = header("odom")
+    msg.header = header(0.0, "odom")
     q = msg.pose.pose.orientation
     q.x, q.y, q.z, q.w = (rng.choice([0.0, 1.0, np.nan, np.inf, 1e-20, -1.0]) for _ in range(4))
     msg.pose.pose.position.x = rng.choice([0.0, np.nan, 1e308])
@@ -126,7 +120,7 @@ def test_images_survive_malformed_messages(sun3d, fastdepth_path):
     rng = random.Random(1)
     proc = processor(load_backbone("fastdepth", fastdepth_path, runtime="onnxruntime"))
     frame = sun3d.frame(0)
-    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header("camera")))
+    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
     h, w = frame.rgb.shape[:2]
     published = refused = 0
     for i in range(60):
@@ -135,7 +129,7 @@ def test_images_survive_malformed_messages(sun3d, fastdepth_path):
             msg = CompressedImage()
             msg.format = rng.choice(["jpeg", "png", "16UC1; compressedDepth", "tiff"])
             data = cv2.imencode(rng.choice([".png", ".jpg"]), frame.rgb[..., ::-1])[1].tobytes()
-            msg.data = data[: rng.randrange(len(data) + 1)] if rng.random() < 0.5 else data
+            msg.data = truncated(rng, data) if rng.random() < 0.5 else data
         else:
             msg = Image()
             msg.encoding = rng.choice(["rgb8", "bgr8", "rgba8", "mono8", "mono16", "yuv422", ""])
@@ -143,7 +137,7 @@ def test_images_survive_malformed_messages(sun3d, fastdepth_path):
             msg.data = frame.rgb.tobytes()
             if rng.random() < 0.8:
                 mutate(rng, msg, IMAGE_MUTATIONS)
-        msg.header = header("camera")
+        msg.header = header(0.0, "camera")
         step = proc.process_image(msg, compressed, 10.0 + i / 30.0)
         if step.frame is None:
             refused += 1
