@@ -2,7 +2,7 @@
 
 --bag: reads a ROS 2 bag (MCAP or sqlite3) with rosbags and writes an MCAP with every input topic plus the
 node's outputs (/metric_depth, /metric_depth/camera_info, /metric_depth/points, /metric_depth/confidence,
-/scale_field). The parameters file is the node's (`scale_field_node: ros__parameters:`), validated by the
+/scale_field). The parameters file is the node's (`/**/scale_field_node: ros__parameters:`), validated by the
 node's own table (`ros/params.py`), and each image goes through the same steps as in the node: anchor
 buffering by stamp (`AnchorBuffer`, `anchors_for_image` with T_cam_anchor, odometry, anchors_in_world), the
 one `Pipeline` with the temporal filter, the coasting rule on confidence, decimated points. Unlike the node,

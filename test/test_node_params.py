@@ -117,3 +117,57 @@ def test_changes_are_validated(context):
         assert node.pipeline.config.filter.process_noise == 0.2
     finally:
         node.destroy_node()
+
+
+def test_params_file_applies_in_a_namespace(tmp_path):
+    # the file's section is keyed /**/scale_field_node: a namespaced node (launch's namespace:=) still reads it
+    text = params_yaml().replace("    point_decimation: 4\n", "    point_decimation: 7\n")
+    assert "point_decimation: 7" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(path)], domain_id=domain_id(13))
+    try:
+        node = ScaleFieldNode(backbone=_NullBackbone(), context=ctx, namespace="/robot1")
+        assert node.get_fully_qualified_name() == "/robot1/scale_field_node"
+        assert node.settings.point_decimation == 7
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+def test_integers_are_accepted_for_doubles_and_other_types_refused(context):
+    # a transform written with integers, as an axis swap usually is, and a whole number of seconds
+    swap = [0, -1, 0, 0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 1]
+    node = ScaleFieldNode(
+        backbone=_NullBackbone(),
+        context=context,
+        parameter_overrides=[Parameter("T_cam_anchor", value=swap), Parameter("anchor_max_age", value=1)],
+    )
+    try:
+        np.testing.assert_array_equal(node.settings.T_cam_anchor, np.reshape(swap, (4, 4)))
+        assert node.settings.anchor_max_age == 1.0 and isinstance(node.settings.anchor_max_age, float)
+        assert node.set_parameters([Parameter("anchor_max_age", value=2)])[0].successful
+        assert node.settings.anchor_max_age == 2.0
+        bad = node.set_parameters([Parameter("anchor_max_age", value="soon")])[0]
+        assert not bad.successful and "must be a double" in bad.reason
+        bad = node.set_parameters([Parameter("anchor_max_age", value=20)])[0]  # an int is range-checked too
+        assert not bad.successful and "<= 10" in bad.reason
+        bad = node.set_parameters([Parameter("local.method", value="delauney")])[0]
+        assert not bad.successful and "one of" in bad.reason
+    finally:
+        node.destroy_node()
+    with pytest.raises(ValueError, match="point_decimation"):  # rclpy's own refusal, as a reason
+        ScaleFieldNode(
+            backbone=_NullBackbone(), context=context, parameter_overrides=[Parameter("point_decimation", value=0.5)]
+        )
+
+
+def test_rclpy_parameters_can_still_be_set(context):
+    node = ScaleFieldNode(backbone=_NullBackbone(), context=context)
+    try:
+        result = node.set_parameters([Parameter("use_sim_time", value=True)])[0]
+        assert result.successful, result.reason
+        assert node.get_parameter("use_sim_time").value is True
+    finally:
+        node.destroy_node()

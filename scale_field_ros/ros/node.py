@@ -272,10 +272,12 @@ class ScaleFieldNode(Node):
                 self._process_latest()
 
     def destroy_node(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._inference.is_alive() and self._inference is not threading.current_thread():
-            self._inference.join(timeout=10.0)
+        inference = getattr(self, "_inference", None)  # None: the constructor failed (rclpy.shutdown still calls this)
+        if inference is not None:
+            self._stopping = True
+            self._wake.set()
+            if inference.is_alive() and inference is not threading.current_thread():
+                inference.join(timeout=10.0)
         super().destroy_node()
 
     def _process_latest(self) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from ..bases import BASIS_SOURCES
 from ..camera import as_transform
 from ..pipeline import PipelineConfig
+from ..residual_grid import LOCAL_METHODS
 
 IDENTITY_16 = tuple(float(x) for x in np.eye(4).ravel())
 RUNTIME_CHOICES = ("auto", "tensorrt", "torch", "onnxruntime")
@@ -202,7 +203,7 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
         description="log residual off its neighbours' median that marks an outlier", min=0.0, max=10.0
     ),
     "local.neighbours": dict(description="neighbours compared in the outlier test", min=1, max=1000),
-    "local.method": dict(description="local correction: pushpull, delaunay or grid"),
+    "local.method": dict(description="local correction method", choices=LOCAL_METHODS),
     "local.pushpull_tau": dict(
         description="push-pull: anchor weight at which a level trusts itself and the coarser one equally",
         min=0.0,
@@ -362,7 +363,12 @@ def descriptor(spec: ParamSpec):
     text = spec.description
     if spec.choices:
         text += f" (one of: {', '.join(spec.choices)})"
-    d = ParameterDescriptor(name=spec.name, type=types[spec.kind], description=text, read_only=spec.read_only)
+    # doubles take integers too (`anchor_max_age: 1`, a transform written [0, -1, 0, ...]): rclpy's static typing
+    # would refuse them before any check of ours; `check_value` still refuses every other type, with its reason
+    numeric = spec.kind in ("double", "double_array")
+    d = ParameterDescriptor(
+        name=spec.name, type=types[spec.kind], description=text, read_only=spec.read_only, dynamic_typing=numeric
+    )
     # an open end of a range is the type's limit (rcl ranges are closed)
     if spec.kind == "int" and (spec.min is not None or spec.max is not None):
         lo = -(2**63) if spec.min is None else int(spec.min)
@@ -378,11 +384,17 @@ def descriptor(spec: ParamSpec):
 
 
 def declare_parameters(node) -> dict[str, Any]:
-    """Declare every parameter on `node` (overrides from a params file apply) and return the values."""
+    """Declare every parameter on `node` (overrides from a params file apply) and return the values; an override
+    that rclpy itself refuses (a string for a number, out of a declared range) raises ValueError with its reason."""
+    from rclpy.exceptions import ParameterException
+
     values = {}
     for spec in all_param_specs():
         default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
-        param = node.declare_parameter(spec.name, default, descriptor(spec))
+        try:
+            param = node.declare_parameter(spec.name, default, descriptor(spec))
+        except ParameterException as exc:
+            raise ValueError(f"parameter {spec.name}: {exc}") from exc
         values[spec.name] = _plain(param.value)
     return values
 
@@ -395,10 +407,12 @@ def _plain(value: Any) -> Any:
 
 
 def apply_changes(current: dict[str, Any], params) -> tuple[dict[str, Any], NodeSettings, PipelineConfig]:
-    """Values after a set-parameters request, validated as a whole; raises ValueError with the reason."""
+    """Values after a set-parameters request, validated as a whole; raises ValueError with the reason.
+    Parameters that are not this node's own (rclpy's `use_sim_time`, QoS overrides) pass unchecked."""
     updated = dict(current)
     for p in params:
-        updated[p.name] = _plain(p.value)
+        if p.name in current:
+            updated[p.name] = _plain(p.value)
     settings, config = settings_from_values(updated)
     return updated, settings, config
 
@@ -458,7 +472,8 @@ def _comment(spec: ParamSpec) -> str:
 
 def params_yaml(node_name: str = "scale_field_node") -> str:
     """config/params.yaml: every declared parameter with its default, description and range."""
-    lines = [PARAMS_FILE_HEADER.rstrip("\n"), f"{node_name}:", "  ros__parameters:"]
+    # keyed /**/name: the section applies to the node in any namespace (a bare name matches only the root one)
+    lines = [PARAMS_FILE_HEADER.rstrip("\n"), f"/**/{node_name}:", "  ros__parameters:"]
     sections: dict[str, list[ParamSpec]] = {}
     for spec in all_param_specs():
         head, dot, _ = spec.name.partition(".")
@@ -505,8 +520,8 @@ NODE_NAME = "scale_field_node"
 def params_file_values(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
     """The node's parameters in a ROS 2 parameters YAML as flat dotted keys (`filter.enabled`), lists as tuples.
 
-    Sections apply as in ROS: `/**` (every node) first, then the node's own (`scale_field_node` or
-    `/scale_field_node`), each under `ros__parameters`.
+    Sections apply as in ROS: `/**` (every node) first, then the node's own (`/**/scale_field_node`, in any
+    namespace, then `scale_field_node` or `/scale_field_node`), each under `ros__parameters`.
     """
     import yaml
 
@@ -519,7 +534,7 @@ def params_file_values(path: str | Path, node_name: str = NODE_NAME) -> dict[str
         raise ValueError(f"parameters file {path} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise ValueError(f"parameters file {path} must map node names to ros__parameters")
-    names = ("/**", "**", node_name, f"/{node_name}")
+    names = ("/**", "**", f"/**/{node_name}", node_name, f"/{node_name}")
     sections = [doc[n] for n in names if n in doc]
     if not sections:
         raise ValueError(f"parameters file {path} has no section for {node_name} (found: {', '.join(map(str, doc))})")
