@@ -25,7 +25,6 @@ from .camera import Intrinsics
 from .pipeline import Pipeline, PipelineConfig, PipelineResult, warm_up
 from .poses import PoseBuffer
 
-IMAGE_BACKWARDS_TOLERANCE_S = 0.5  # an image stamp this far back means the bag looped: filter and buffers reset
 ASPECT_TOLERANCE = 0.01  # relative: camera_info of another size is scaled only when the aspect ratio matches
 
 InputWarning = tuple[str, str]  # (cause, text); cause is a stable key for counting and throttling
@@ -187,7 +186,8 @@ class FrameProcessor:
         if intrinsics is None:
             return step()
         last = self.last_processed_stamp_s
-        if last is not None and stamp_s < last - IMAGE_BACKWARDS_TOLERANCE_S:
+        # an image stamp this far back means the bag looped or the clock was reset: filter and buffers reset
+        if last is not None and stamp_s < last - config.filter.backwards_tolerance_s:
             warnings.append(
                 (
                     "image_stamp_backwards",

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from numba import njit
 
+LOCAL_METHODS = ("pushpull", "delaunay", "grid")
+
 
 @dataclass(frozen=True)
 class LocalConfig:
@@ -31,6 +33,10 @@ class LocalConfig:
     neighbours: int = 6
     method: str = "pushpull"  # "pushpull" (Gaussian pyramid), "delaunay" (linear on triangles) or "grid" (bilateral)
     pushpull_tau: float = 0.02  # push-pull: anchor weight at which a level trusts itself and the coarser level equally
+
+    def __post_init__(self) -> None:
+        if self.method not in LOCAL_METHODS:
+            raise ValueError(f"local.method must be one of {', '.join(LOCAL_METHODS)}, got {self.method!r}")
 
 
 @dataclass(frozen=True)
