@@ -38,6 +38,7 @@ def select_tier(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: flo
     if isinstance(cv, BasisSet):
         return cv
     errors = cv.errors.mean(axis=1) if cv.errors.shape[1] else np.zeros(len(cv.labels))
+    errors = np.where(np.isnan(errors), np.inf, errors)  # a rung that could not be scored; all inf: scale only
     tolerance = config.select_tolerance + config.coverage_penalty * (1.0 - cv.coverage)
     pick = next(i for i, e in enumerate(errors) if e <= errors.min() * (1.0 + tolerance) + 1e-12)
     chosen = candidate(full, cv, pick)
@@ -103,6 +104,11 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     log_r = np.log(ratio / s0)
     dev = np.abs(log_r - np.median(log_r))
     good = dev <= max(4.0 * 1.4826 * float(np.median(dev)), np.log(1.5))
+    # folds are dealt from the cells of the anchors kept: the outlier test can empty all but one cell, and a
+    # single fold leaves nothing to fit on
+    occupied = np.flatnonzero(np.bincount(cell[good], minlength=16))
+    if len(occupied) < 2:
+        return restrict(full, -1, "scale only: the anchors kept after the outlier test lie in one grid cell", s0)
     b = sample_maps(full.maps, u, v, full.full_shape)
     # rows in relative units: pred / y; weights in units of s0 (basis columns) and s0 (shift)
     a = np.concatenate([b * (g * s0 / y)[:, None], (s0 / y)[:, None]], axis=1)[good]

@@ -85,6 +85,23 @@ def test_bad_inputs_give_a_flagged_defined_result():
     _check_output(pipe.process_output(out, nan_anchor), out.shape)
 
 
+def test_anchors_left_in_one_cell_by_the_outlier_test_fall_back_to_scale_only():
+    # nine true anchors in the top-left cell of the cross-validation grid and one gross outlier in the opposite
+    # cell: the outlier test keeps one cell, which leaves a single fold (it raised StopIteration)
+    frame, out = infer("nyu", 0)
+    h, w = out.shape
+    rows, cols = np.nonzero(frame.depth_m[: h // 4, : w // 4] > 0)
+    far_rows, far_cols = np.nonzero(frame.depth_m[3 * h // 4 :, 3 * w // 4 :] > 0)
+    pick = np.linspace(0, len(rows) - 1, 9).astype(int)
+    v = np.r_[rows[pick], far_rows[-1] + 3 * h // 4].astype(np.float64)
+    u = np.r_[cols[pick], far_cols[-1] + 3 * w // 4].astype(np.float64)
+    depth_m = frame.depth_m[v.astype(int), u.astype(int)].copy()
+    depth_m[-1] /= 3.0
+    res = Pipeline(None, NYU).process_output(out, Anchors.from_arrays(u, v, depth_m))
+    _check_output(res, out.shape)
+    assert res.basis_signature.startswith("t-1")
+
+
 def test_config_from_flat_dict():
     cfg = PipelineConfig.from_dict({"max_depth_m": 20, "basis_poly_degree": 1, "solver.huber_k": 2.0})
     assert cfg.max_depth_m == 20 and cfg.basis.poly_degree == 1 and cfg.solver.huber_k == 2.0
