@@ -217,7 +217,9 @@ def push_pull(
     est = np.full(wl.shape, float(vl.sum()) / (total + prior_count) if total > 0 else 0.0, np.float32)
     tau32 = np.float32(max(tau, 1e-6))
     for wl, vl in reversed(levels[:-1]):
-        up = cv2.resize(est, (wl.shape[1], wl.shape[0]), interpolation=cv2.INTER_LINEAR)
+        # pyrUp is pyrDown's pair: coarse pixel i sits at fine pixel 2i (a resize puts it at 2i + 0.5, and the
+        # half-pixel shift per level accumulated to a drift of the correction towards +x, +y)
+        up = cv2.pyrUp(est, dstsize=(wl.shape[1], wl.shape[0]))
         est = (vl + tau32 * up) / (wl + tau32)
     return est, wsum
 

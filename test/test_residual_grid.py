@@ -76,3 +76,19 @@ def test_push_pull_recovers_the_true_correction_between_anchors():
     err_corrected = np.mean(np.abs(truth - up)[valid])
     err_none = np.mean(np.abs(truth)[valid])
     assert err_corrected < 0.6 * err_none
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_push_pull_puts_the_coarse_levels_where_pyrdown_took_them(axis):
+    # +1 and -1 anchors 80 px apart: the fill crosses zero half-way between them, up to the pyramid's uneven
+    # borders. Upsampling a coarse level by resize (pixel i at fine 2i + 0.5) instead of pyrDown's 2i shifted it
+    # by half a pixel per level: 14 px along x, 8 along y.
+    h, w = 120, 160
+    along = np.array([40.0, 120.0]) if axis == 1 else np.array([20.0, 100.0])
+    across = np.array([60.0, 60.0]) if axis == 1 else np.array([80.0, 80.0])
+    x, y = (along, across) if axis == 1 else (across, along)
+    est, _ = push_pull(x, y, np.array([1.0, -1.0]), np.ones(2), (h, w), 0.3, 0.02)
+    line = est[60] if axis == 1 else est[:, 80]
+    i = int(np.flatnonzero((line[:-1] > 0) & (line[1:] <= 0))[0])
+    crossing = i + line[i] / (line[i] - line[i + 1])
+    assert abs(crossing - along.mean()) < 1.5
