@@ -238,6 +238,7 @@ def run_sample(sample: DemoSample, out: Path, values: dict, backbone, domain_id:
     ga = BASELINES["ga_inv"]
     per_frame = []
     cap = min(config.max_depth_m, ds.max_depth_m)
+    caps = (config.min_depth_m, cap)  # the evaluation caps, predictions clipped to them as the mask's truth
     for k, fo in enumerate(offline):
         frame = frames[k % len(frames)]
         if sample.anchors == "native":
@@ -247,11 +248,11 @@ def run_sample(sample: DemoSample, out: Path, values: dict, backbone, domain_id:
         mask = evaluation_mask(truth, config.min_depth_m, cap, fo.anchors)
         nf = node_frames.get(fo.stamp_ns)
         row = {"frame": frame.frame_id, "stamp_ns": fo.stamp_ns, "anchors": int(fo.result.fit.n_anchors)}
-        row["offline"] = compute_metrics(fo.depth_m, truth, mask).as_dict()
+        row["offline"] = compute_metrics(fo.depth_m, truth, mask, caps).as_dict()
         ga_depth = ga(fo.result.backbone, fo.anchors, config.min_depth_m, config.max_depth_m)
-        row["global_scale_shift"] = compute_metrics(ga_depth, truth, mask).as_dict()
+        row["global_scale_shift"] = compute_metrics(ga_depth, truth, mask, caps).as_dict()
         if nf is not None:
-            row["node"] = compute_metrics(nf.depth_m, truth, mask).as_dict()
+            row["node"] = compute_metrics(nf.depth_m, truth, mask, caps).as_dict()
             shown = dataclasses.replace(fo.result, depth_m=nf.depth_m, scale_field=nf.scale_field)
             panel = out / "panels" / f"{sample.name}_{k:03d}_{frame.frame_id}.png"
             write_panel(panel, fo.rgb, fo.anchors, fo.result.backbone, shown, truth, mask, cap)

@@ -110,6 +110,7 @@ def evaluate(
         ds = load_dataset(d)
         cfg = dataclasses.replace(base_cfg, max_depth_m=ds.max_depth_m)
         pipes = {"field": pipeline_cls(None, cfg)}
+        caps = (cfg.min_depth_m, ds.max_depth_m)  # the mask's range; every method's output lies in it already
         if learned is not None:
             pipes["field_learned"] = pipeline_cls(None, cfg, bases_fn=learned)
         acc: dict[tuple[int, str], list[DepthMetrics]] = {}
@@ -131,7 +132,8 @@ def evaluate(
                             preds[name] = r.depth_m
                         else:
                             preds[name] = fn(out, draw.anchors, cfg.min_depth_m, ds.max_depth_m)
-                        acc.setdefault((n, name), []).append(compute_metrics(preds[name], draw.truth_depth_m, mask))
+                        scored = compute_metrics(preds[name], draw.truth_depth_m, mask, caps)
+                        acc.setdefault((n, name), []).append(scored)
                     if panels_dir and s == spec.seed and n == spec.anchor_counts[-1] and "field" in fns:
                         from .panels import write_panel
 

@@ -58,8 +58,16 @@ def evaluation_mask(
     return mask
 
 
-def compute_metrics(pred_depth_m: np.ndarray, gt_depth_m: np.ndarray, mask: np.ndarray) -> DepthMetrics:
-    """Metrics over `mask`. Predictions are floored at 1 mm so that logs stay finite; an empty mask gives NaNs."""
+def compute_metrics(
+    pred_depth_m: np.ndarray,
+    gt_depth_m: np.ndarray,
+    mask: np.ndarray,
+    depth_range_m: tuple[float, float] | None = None,
+) -> DepthMetrics:
+    """Metrics over `mask`; an empty mask gives NaNs. With `depth_range_m` (the evaluation caps, as the mask's),
+    predictions are clipped to it first, as ZoeDepth's evaluation does (+inf to the far cap, NaN to the near
+    one): a prediction beyond the 10 m an indoor set is scored to is not charged for the extra metres.
+    Predictions are floored at 1 mm in any case so that logs stay finite."""
     if pred_depth_m.shape != gt_depth_m.shape or mask.shape != gt_depth_m.shape:
         raise ValueError(f"shapes differ: pred {pred_depth_m.shape}, gt {gt_depth_m.shape}, mask {mask.shape}")
     gt = gt_depth_m[mask].astype(np.float64)
@@ -68,6 +76,9 @@ def compute_metrics(pred_depth_m: np.ndarray, gt_depth_m: np.ndarray, mask: np.n
     if n == 0:
         nan = float("nan")
         return DepthMetrics(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0)
+    if depth_range_m is not None:
+        lo, hi = depth_range_m
+        pred = np.clip(np.where(np.isnan(pred), lo, np.where(np.isposinf(pred), hi, pred)), lo, hi)
     pred = np.where(np.isfinite(pred), np.maximum(pred, 1e-3), 1e-3)
     diff = pred - gt
     log_diff = np.log(pred) - np.log(gt)

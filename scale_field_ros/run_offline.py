@@ -494,7 +494,7 @@ def run_dataset(
             have_truth = truth is not None and bool(np.any(truth > 0))
             if have_truth:
                 mask = evaluation_mask(truth, config.min_depth_m, cap, anchors)
-                metrics = compute_metrics(result.depth_m, truth, mask)
+                metrics = compute_metrics(result.depth_m, truth, mask, (config.min_depth_m, cap))
                 rows.append({"frame": name, "anchors": len(anchors), **metrics.as_dict()})
             else:
                 truth = np.zeros_like(result.depth_m)

@@ -37,3 +37,19 @@ def test_empty_mask_is_nan_not_an_error(nyu):
     gt = nyu.frame(0).depth_m
     m = compute_metrics(gt, gt, np.zeros(gt.shape, bool))
     assert m.n_pixels == 0 and np.isnan(m.absrel)
+
+
+def test_predictions_are_clipped_to_the_evaluation_caps(nyu):
+    # ZoeDepth's evaluation: a prediction beyond the cap (10 m indoors) is scored as the cap, +inf as the far cap
+    gt = nyu.frame(0).depth_m
+    mask = evaluation_mask(gt, 1e-3, 10.0)
+    pred = gt * 1.1
+    pred[100:140] = 50.0
+    pred[140:160] = np.inf
+    capped = compute_metrics(pred, gt, mask, (1e-3, 10.0))
+    expected = np.clip(pred, 1e-3, 10.0).astype(np.float64)
+    assert np.isclose(capped.absrel, np.mean(np.abs(expected[mask] - gt[mask]) / gt[mask]), rtol=1e-6)
+    beyond = gt * 1.1
+    beyond[100:140] = 50.0
+    assert compute_metrics(beyond, gt, mask, (1e-3, 10.0)).absrel < compute_metrics(beyond, gt, mask).absrel
+    assert compute_metrics(gt * 1.1, gt, mask, (1e-3, 10.0)).absrel == compute_metrics(gt * 1.1, gt, mask).absrel
