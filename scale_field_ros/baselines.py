@@ -51,10 +51,10 @@ def global_alignment(x: np.ndarray, target: np.ndarray, sigma: np.ndarray) -> tu
 
 
 def median_scaling(out: BackboneOutput, anchors: Anchors, min_depth_m: float, max_depth_m: float) -> np.ndarray:
-    g, _, _ = relative_inverse_depth(out)
+    g, med, _ = relative_inverse_depth(out)
     a = _clean(anchors, g.shape, min_depth_m, max_depth_m)
-    if len(a) == 0:
-        return _finish(g * np.float32(1.0 / np.median(1.0 / g)) if g.size else g, min_depth_m, max_depth_m)
+    if len(a) == 0:  # the backbone's own scale, as the other baselines (g is normalised to median 1)
+        return _finish(g * np.float32(med), min_depth_m, max_depth_m)
     scale = float(np.median((1.0 / a.depth_m) / _at_anchors(g, a)))
     return _finish(g * np.float32(scale), min_depth_m, max_depth_m)
 

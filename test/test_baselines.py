@@ -53,3 +53,8 @@ def test_no_anchors_gives_finite_depth_in_range(sun3d):
         d = fn(out, Anchors.empty(), 0.1, 10.0)
         assert d.shape == out.shape and np.all(np.isfinite(d)), name
         assert d.min() >= 0.1 and d.max() <= 10.0, name
+    # without anchors every baseline keeps the backbone's own scale: the same depth map (median scaling gave
+    # depth around 1 m, the scale of the normalised map)
+    reference = BASELINES["ga_inv"](out, Anchors.empty(), 0.1, 10.0)
+    for name, fn in BASELINES.items():
+        np.testing.assert_allclose(fn(out, Anchors.empty(), 0.1, 10.0), reference, rtol=1e-5, err_msg=name)
