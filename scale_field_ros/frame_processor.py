@@ -88,6 +88,7 @@ class FrameProcessor:
         self.camera_info: CameraInfoState | None = None
         self.latest_image_stamp_s: float | None = None  # reference for far-future anchors
         self.last_processed_stamp_s: float | None = None
+        self.odom_child_frame = ""  # the frame whose pose the odometry gives (its child_frame_id)
 
     # -------------------------------------------------------------- settings
 
@@ -155,9 +156,44 @@ class FrameProcessor:
             return [("bad_odom", f"odometry refused: {exc}")]
         if not np.all(np.isfinite(T_world_body)):
             return [("bad_odom", "odometry refused: pose holds NaN or inf")]
+        self.odom_child_frame = str(getattr(msg, "child_frame_id", ""))
         if not self.pose_buffer.insert(stamp_s, T_world_body):
             return [("odom_backwards", "odometry stamps went backwards: older poses dropped")]
         return []
+
+    def _odom_frame_check(self, image_frame: str) -> list[InputWarning]:
+        """Odometry in use with T_body_cam at identity takes the odometry for the camera optical frame's own pose;
+        where it names another frame (a REP-103 base_link: x forward, not z) the anchors would move sideways."""
+        settings = self.settings
+        used = settings.anchors_in_world or settings.motion_compensation
+        child = self.odom_child_frame
+        if not used or len(self.pose_buffer) == 0 or not child or child == image_frame:
+            return []
+        if not np.array_equal(settings.T_body_cam, np.eye(4)):
+            return []
+        return [
+            (
+                "T_body_cam_identity",
+                f"odometry gives the pose of '{child}' but T_body_cam is identity, which takes it for the camera "
+                f"optical frame ('{image_frame}'): set T_body_cam (camera optical frame to '{child}'), or "
+                "motion_compensation: false",
+            )
+        ]
+
+    def _why_no_sets(self, sets, stamp_s: float) -> str:
+        """Where the buffer holds anchor sets but none near the image: how far the newest is, and what to set.
+        A LiDAR driver that stamps a scan at the start of its sweep delivers it a sweep period (and its latency)
+        later, so every image processed on arrival finds only scans older than that."""
+        newest = self.anchor_buffer.newest_stamp_s
+        if sets or newest is None:
+            return ""
+        gap = stamp_s - newest
+        where = f"{gap:.3f} s before" if gap >= 0 else f"{-gap:.3f} s after"
+        return (
+            f"; anchor sets arrive, but the newest is stamped {where} the image, beyond anchor_max_age "
+            f"{self.anchor_buffer.max_age_s:g} s (a scan stamped at the start of its sweep arrives a period late: "
+            "raise anchor_max_age above the period plus latency, with odometry to move the scan to the image)"
+        )
 
     # -------------------------------------------------------------- one image
 
@@ -219,6 +255,7 @@ class FrameProcessor:
             deskew=settings.deskew,
         )
         warnings.extend(found.problems)
+        warnings.extend(self._odom_frame_check(msg.header.frame_id))
         t2 = time.perf_counter_ns()
 
         result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp_s)
@@ -229,7 +266,7 @@ class FrameProcessor:
                 (
                     "coasting",
                     f"no usable anchors for {result.coast_s:.1f} s (limit {config.filter.max_coast_s} s): "
-                    "confidence marked low",
+                    "confidence marked low" + self._why_no_sets(sets, stamp_s),
                 )
             )
         if result.filter_reset:

@@ -40,3 +40,65 @@ def test_image_stamps_going_back_reset_by_the_filter_setting(sun3d, fastdepth_pa
     assert step.frame is not None
     warned = any(cause == "image_stamp_backwards" for cause, _ in step.warnings)
     assert warned == (tolerance_s < 2.0)
+
+
+@pytest.mark.parametrize("max_age_s", [0.06, 0.2])
+def test_scans_stamped_at_sweep_start_need_a_longer_anchor_age(sun3d, fastdepth_path, max_age_s):
+    # a 10 Hz LiDAR stamping each scan at the start of its sweep, delivered 110 ms after that stamp; a 30 Hz
+    # camera processed on arrival. With the default window no image ever finds a scan, and the coasting warning
+    # says why; with a window above the period plus latency every image does.
+    from scale_field_ros import msg_codec
+    from scale_field_ros.backbones import load_backbone
+
+    settings, config = load_settings()
+    settings = dataclasses.replace(settings, anchor_max_age=max_age_s)
+    config = dataclasses.replace(config, filter=dataclasses.replace(config.filter, max_coast_s=0.3))
+    proc = FrameProcessor(settings, config, load_backbone("fastdepth", fastdepth_path, runtime="onnxruntime"))
+    frame = sun3d.frame(0)
+    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
+    msg = image_msg(frame.rgb)
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.uniform(-1, 1, 500), rng.uniform(-0.7, 0.7, 500), rng.uniform(1.5, 4.0, 500)])
+    cloud = conv.cloud_msg(msg_codec.cloud_fields(points.astype(np.float32)), header(0.0, "camera"))
+    found, why = [], []
+    for i in range(30):
+        t = 10.0 + i / 30.0
+        if i % 3 == 0 and i >= 3:  # the scan that started 0.11 s ago arrives now
+            proc.on_anchors(cloud, round(t - 0.11, 6))
+        step = proc.process_image(msg, False, t)
+        assert step.frame is not None
+        found.append(step.frame.found.n_sets)
+        why += [text for cause, text in step.warnings if cause == "coasting"]
+    if max_age_s < 0.11:
+        assert max(found) == 0
+        assert why and "anchor_max_age" in why[-1] and "before the image" in why[-1]
+    else:
+        assert min(found[3:]) >= 1 and not why
+
+
+def test_odometry_of_another_frame_with_identity_T_body_cam_is_warned(sun3d, fastdepth_path):
+    from nav_msgs.msg import Odometry
+
+    from scale_field_ros.backbones import load_backbone
+
+    settings, config = load_settings()  # motion compensation on, T_body_cam identity
+    backbone = load_backbone("fastdepth", fastdepth_path, runtime="onnxruntime")
+    frame = sun3d.frame(0)
+    msg = image_msg(frame.rgb)  # frame_id "camera"
+
+    def warned(child: str, T_body_cam=None) -> bool:
+        s = settings if T_body_cam is None else dataclasses.replace(settings, T_body_cam=T_body_cam)
+        proc = FrameProcessor(s, config, backbone)
+        proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
+        for t in (9.9, 10.1):
+            odom = Odometry()
+            odom.header, odom.child_frame_id = header(t, "odom"), child
+            odom.pose.pose.orientation.w = 1.0
+            assert proc.on_odom(odom, t) == []
+        step = proc.process_image(msg, False, 10.0)
+        return any(cause == "T_body_cam_identity" for cause, _ in step.warnings)
+
+    rep103 = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)  # optical -> base_link
+    assert warned("base_link")
+    assert not warned("camera")  # the odometry is the camera's own
+    assert not warned("base_link", rep103)
