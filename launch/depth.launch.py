@@ -1,7 +1,8 @@
 """Launch scale_field_node: `ros2 launch scale_field_ros depth.launch.py [image:=... anchors:=... rviz:=true]`.
 
 With the default empty namespace the outputs are /metric_depth, /metric_depth/camera_info,
-/metric_depth/points, /metric_depth/confidence and /scale_field; a namespace prefixes them all.
+/metric_depth/points, /metric_depth/confidence and /scale_field; a namespace prefixes them all (rviz2 follows,
+and fixed_frame:= names the camera optical frame it shows them in).
 """
 
 import os
@@ -35,6 +36,11 @@ def generate_launch_description():
             "model_path", default_value="", description="backbone model file; empty keeps the params file's"
         ),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/depth.rviz"),
+        DeclareLaunchArgument(
+            "fixed_frame",
+            default_value="camera_optical",
+            description="rviz2's fixed frame: the camera optical frame of the input images (their header.frame_id)",
+        ),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
     ]
     remappings = [
@@ -63,11 +69,21 @@ def generate_launch_description():
             condition=condition,
         )
 
+    # depth.rviz names the outputs of the default (empty) namespace; a namespace is put in front by remapping
+    # ("robot1" + "/metric_depth" resolves to /robot1/metric_depth from rviz2's root namespace)
+    rviz_topics = ("/metric_depth", "/metric_depth/points", "/metric_depth/confidence", "/scale_field")
     rviz = Node(
         package="rviz2",
         executable="rviz2",
         name="rviz2",
-        arguments=["-d", PathJoinSubstitution([share, "config", "depth.rviz"])],
+        arguments=[
+            "-d",
+            PathJoinSubstitution([share, "config", "depth.rviz"]),
+            "--fixed-frame",
+            LaunchConfiguration("fixed_frame"),
+        ],
+        remappings=[(topic, [LaunchConfiguration("namespace"), topic]) for topic in rviz_topics],
+        parameters=[{"use_sim_time": LaunchConfiguration("use_sim_time")}],
         condition=IfCondition(LaunchConfiguration("rviz")),
         output="screen",
     )
