@@ -425,12 +425,22 @@ def cloud_fields(points_m: np.ndarray, columns: dict[str, np.ndarray] | None = N
 
 
 def camera_info_to_intrinsics(
-    k: Sequence[float], width: int, height: int, distortion_model: str = "", d: Sequence[float] = ()
+    k: Sequence[float],
+    width: int,
+    height: int,
+    distortion_model: str = "",
+    d: Sequence[float] = (),
+    roi: tuple[int, int, int, int] = (0, 0, 0, 0),
+    binning: tuple[int, int] = (0, 0),
 ) -> Intrinsics:
-    """CameraInfo K (9, row-major), image size and distortion -> `Intrinsics`.
+    """CameraInfo K (9, row-major), image size, distortion, region of interest and binning -> `Intrinsics` of
+    the image the driver sends.
 
-    A distortion model `camera.DISTORTION_COEFFICIENTS` does not know is left out (a pinhole camera): check
-    `camera_info_unsupported_distortion` and warn when it says so. Bad coefficients raise MessageError.
+    As image_geometry reads them: K and width x height are the full sensor's; a non-empty `roi` (x_offset,
+    y_offset, width, height) crops it and `binning` (x, y; 0 or 1: none) then averages blocks, so the image is
+    roi size / binning with cx' = (cx - x_offset) / binning_x (image_proc's crop_decimate publishes so). A
+    distortion model `camera.DISTORTION_COEFFICIENTS` does not know is left out (a pinhole camera): check
+    `camera_info_unsupported_distortion` and warn when it says so. Bad values raise MessageError.
     """
     kk = np.asarray(k, dtype=np.float64).reshape(-1)
     if kk.size != 9:
@@ -440,6 +450,17 @@ def camera_info_to_intrinsics(
         raise MessageError(f"CameraInfo is uncalibrated or invalid: fx={fx} fy={fy} cx={cx} cy={cy}")
     if int(width) <= 0 or int(height) <= 0:
         raise MessageError(f"CameraInfo has invalid image size {width}x{height}")
+    x_off, y_off, roi_w, roi_h = (int(v) for v in roi)
+    if roi_w > 0 and roi_h > 0:
+        if x_off + roi_w > int(width) or y_off + roi_h > int(height):
+            raise MessageError(f"CameraInfo roi {roi_w}x{roi_h}+{x_off}+{y_off} leaves the {width}x{height} image")
+        width, height, cx, cy = roi_w, roi_h, cx - x_off, cy - y_off
+    bx, by = (max(int(b), 1) for b in binning)
+    if bx > 1 or by > 1:
+        width, height = int(width) // bx, int(height) // by
+        if width <= 0 or height <= 0:
+            raise MessageError(f"CameraInfo binning {bx}x{by} leaves no image")
+        fx, cx, fy, cy = fx / bx, cx / bx, fy / by, cy / by
     model = distortion_model if distortion_model in DISTORTION_COEFFICIENTS else ""
     try:
         return Intrinsics(fx, fy, cx, cy, int(width), int(height), model, tuple(d) if model else ())
@@ -537,7 +558,16 @@ def pointcloud2_msg_to_xyz(msg) -> np.ndarray:
 
 
 def camera_info_msg_to_intrinsics(msg) -> Intrinsics:
-    return camera_info_to_intrinsics(msg.k, msg.width, msg.height, msg.distortion_model, msg.d)
+    roi = msg.roi
+    return camera_info_to_intrinsics(
+        msg.k,
+        msg.width,
+        msg.height,
+        msg.distortion_model,
+        msg.d,
+        (roi.x_offset, roi.y_offset, roi.width, roi.height),
+        (msg.binning_x, msg.binning_y),
+    )
 
 
 def camera_info_msg_unsupported_distortion(msg) -> str:

@@ -102,3 +102,19 @@ def test_odometry_of_another_frame_with_identity_T_body_cam_is_warned(sun3d, fas
     assert warned("base_link")
     assert not warned("camera")  # the odometry is the camera's own
     assert not warned("base_link", rep103)
+
+
+def test_camera_info_region_of_interest_and_binning_are_read_from_the_message(sun3d):
+    from scale_field_ros import msg_codec
+
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, None)
+    intrinsics = sun3d.frame(0).intrinsics
+    msg = conv.camera_info_msg(intrinsics, header(0.0, "camera"))
+    msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = 160, 120, 320, 240
+    msg.binning_x = msg.binning_y = 2
+    assert proc.on_camera_info(msg) == []
+    fields = msg_codec.camera_info_fields(intrinsics)
+    expected = msg_codec.camera_info_to_intrinsics(fields.k, fields.width, fields.height, roi=(160, 120, 320, 240),
+                                                   binning=(2, 2))  # fmt: skip
+    assert proc.camera_info.intrinsics == expected and expected.width == 160

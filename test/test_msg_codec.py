@@ -273,6 +273,25 @@ def test_camera_info_round_trip_and_errors(frame):
         mc.camera_info_to_intrinsics(ci.k, 0, ci.height)
 
 
+def test_camera_info_roi_and_binning_give_the_intrinsics_of_the_sent_image(frame):
+    # image_proc's crop_decimate: the full sensor's K and size, a region of interest, then 2x2 binning
+    ci = mc.camera_info_fields(frame.intrinsics)
+    full = mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height)
+    roi = (160, 120, 320, 240)
+    sent = mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, roi=roi, binning=(2, 2))
+    assert (sent.width, sent.height) == (160, 120)
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.uniform(-0.3, 0.3, 50), rng.uniform(-0.2, 0.2, 50), rng.uniform(1, 5, 50)])
+    u_full, v_full, _ = full.project(points)
+    u, v, _ = sent.project(points)
+    np.testing.assert_allclose(u, (u_full - roi[0]) / 2, atol=1e-9)
+    np.testing.assert_allclose(v, (v_full - roi[1]) / 2, atol=1e-9)
+    # no roi (zero size) and binning 0 or 1 leave the camera as it is
+    assert mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, roi=(5, 5, 0, 0), binning=(1, 0)) == full
+    with pytest.raises(mc.MessageError, match="roi"):
+        mc.camera_info_to_intrinsics(ci.k, ci.width, ci.height, roi=(600, 0, 320, 240))
+
+
 def test_pose_round_trip_on_dataset_poses(sun3d):
     for meta in sun3d.frames_meta:
         T = np.asarray(meta["T_world_cam"], float).reshape(4, 4)
