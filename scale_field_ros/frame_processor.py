@@ -108,8 +108,9 @@ class FrameProcessor:
 
     def on_camera_info(self, msg) -> list[InputWarning]:
         try:
-            intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg)
-            unsupported = msg_codec.camera_info_msg_unsupported_distortion(msg)
+            rectified = self.settings.image_rectified
+            intrinsics = msg_codec.camera_info_msg_to_intrinsics(msg, rectified)
+            unsupported = "" if rectified else msg_codec.camera_info_msg_unsupported_distortion(msg)
         except (msg_codec.MessageError, ValueError) as exc:
             return [("bad_camera_info", f"camera_info refused: {exc}")]
         self.camera_info = CameraInfoState(intrinsics, unsupported)

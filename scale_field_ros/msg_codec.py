@@ -557,17 +557,28 @@ def pointcloud2_msg_to_xyz(msg) -> np.ndarray:
     return pointcloud2_msg_decode(msg).points
 
 
-def camera_info_msg_to_intrinsics(msg) -> Intrinsics:
+def camera_info_msg_to_intrinsics(msg, rectified: bool = False) -> Intrinsics:
+    """The intrinsics of the image `msg` describes; `rectified`: of the rectified image (P's left 3x3, no
+    distortion), as image_rect topics carry, instead of the raw one (K and D)."""
     roi = msg.roi
+    k, model, d = (rectified_k(msg.p), "", ()) if rectified else (msg.k, msg.distortion_model, msg.d)
     return camera_info_to_intrinsics(
-        msg.k,
+        k,
         msg.width,
         msg.height,
-        msg.distortion_model,
-        msg.d,
+        model,
+        d,
         (roi.x_offset, roi.y_offset, roi.width, roi.height),
         (msg.binning_x, msg.binning_y),
     )
+
+
+def rectified_k(p: Sequence[float]) -> list[float]:
+    """The 3x3 camera matrix of a rectified image: the left 3x3 of CameraInfo's 3x4 projection P."""
+    pp = np.asarray(p, dtype=np.float64).reshape(-1)
+    if pp.size != 12:
+        raise MessageError(f"CameraInfo p must have 12 values, got {pp.size}")
+    return pp.reshape(3, 4)[:, :3].ravel().tolist()
 
 
 def camera_info_msg_unsupported_distortion(msg) -> str:

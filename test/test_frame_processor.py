@@ -118,3 +118,21 @@ def test_camera_info_region_of_interest_and_binning_are_read_from_the_message(su
     expected = msg_codec.camera_info_to_intrinsics(fields.k, fields.width, fields.height, roi=(160, 120, 320, 240),
                                                    binning=(2, 2))  # fmt: skip
     assert proc.camera_info.intrinsics == expected and expected.width == 160
+
+
+@pytest.mark.parametrize("rectified", [False, True])
+def test_a_rectified_image_takes_its_intrinsics_from_p(sun3d, rectified):
+    # a raw camera's calibration: K with plumb_bob distortion, and P of the rectified image (other focal length)
+    settings, config = load_settings()
+    proc = FrameProcessor(dataclasses.replace(settings, image_rectified=rectified), config, None)
+    intrinsics = sun3d.frame(0).intrinsics
+    msg = conv.camera_info_msg(intrinsics, header(0.0, "camera"))
+    msg.distortion_model, msg.d = "plumb_bob", [0.1, -0.05, 0.0, 0.0, 0.0]
+    fx_rect, cx_rect = 0.9 * intrinsics.fx, intrinsics.cx + 3.0
+    msg.p = [fx_rect, 0.0, cx_rect, 0.0, 0.0, 0.9 * intrinsics.fy, intrinsics.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert proc.on_camera_info(msg) == []
+    got = proc.camera_info.intrinsics
+    if rectified:
+        assert not got.distorted and (got.fx, got.cx) == (fx_rect, cx_rect)
+    else:
+        assert got.distorted and (got.fx, got.cx) == (intrinsics.fx, intrinsics.cx)

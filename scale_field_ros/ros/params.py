@@ -90,6 +90,12 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         choices=RELIABILITY_CHOICES,
         read_only=True,
     ),
+    ParamSpec(
+        "image_rectified",
+        False,
+        "the input image is rectified (an image_rect topic): intrinsics from camera_info's P, its distortion "
+        "ignored; false: a raw image, K and the distortion",
+    ),
     ParamSpec("input_queue_depth", 5, "KEEP_LAST depth of the subscriptions", min=1, max=100, read_only=True),
     ParamSpec("output_queue_depth", 2, "KEEP_LAST depth of the (reliable) publishers", min=1, max=100, read_only=True),
     ParamSpec(
@@ -305,6 +311,7 @@ class NodeSettings:
     device: str
     threads: int
     use_compressed: bool
+    image_rectified: bool
     input_reliability: str
     input_queue_depth: int
     output_queue_depth: int
