@@ -112,7 +112,10 @@ def load_backbone(
     if graph_file or choice.runtime in (TENSORRT, ORT_CUDA):
         from .graph_backbone import graph_backbone_on
 
-        onnx_path = path if graph_file else fastdepth_graph_onnx(path)
+        # TensorRT runs the network alone: the graph's bases sort whole rows (medians, quantiles), and TensorRT's
+        # TopK stops at k = 3840 (FastDepth's need 50176); the bases are then built on the CPU, as for ORT CPU
+        bases = "none" if choice.runtime == TENSORRT else "analytic"
+        onnx_path = path if graph_file else fastdepth_graph_onnx(path, bases)
         return graph_backbone_on(
             onnx_path, choice.runtime, threads, options.get("precision", "fp16"), options.get("cache_dir")
         )
@@ -226,21 +229,24 @@ def _is_graph_onnx(path: Path) -> bool:
         return False
 
 
-def fastdepth_graph_onnx(tflite_path: Path) -> Path:
-    """FastDepth plus the analytic bases as one graph at 224x224 (what `scale-field export --backbone fastdepth`
-    writes), exported once per weights file into the cache for the GPU runtimes."""
+def fastdepth_graph_onnx(tflite_path: Path, bases: str = "analytic") -> Path:
+    """FastDepth, with the analytic bases (`bases` "analytic") or without ("none"), as one graph at 224x224
+    (what `scale-field export --backbone fastdepth [--bases ...]` writes), exported once per weights file and
+    basis choice into the cache for the GPU runtimes."""
     from .basis_set import BasisConfig
     from .export import build_graph, export_onnx
     from .fastdepth import INPUT_SIZE
     from .hashing import file_sha256, text_digest
 
-    signature = file_sha256(tflite_path)[:16] + "-" + text_digest(BasisConfig().maps_signature(), 8)
-    name = f"fastdepth-graph-{signature}-v{EXPORT_VERSION}.onnx"
+    signature = file_sha256(tflite_path)[:16]
+    if bases != "none":
+        signature += "-" + text_digest(BasisConfig().maps_signature(), 8)
+    name = f"fastdepth-graph-{bases}-{signature}-v{EXPORT_VERSION}.onnx"
     folders = (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "scale_field_ros")
     for folder in folders:
         if (folder / name).is_file() and _is_graph_onnx(folder / name):
             return folder / name  # a damaged file fails the check and is exported again
-    module, meta = build_graph("fastdepth", tflite_path, bases="analytic")
+    module, meta = build_graph("fastdepth", tflite_path, bases=bases)
     for folder in folders:
         target = folder / name
         try:

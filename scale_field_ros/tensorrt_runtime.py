@@ -50,12 +50,16 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError as exc:
         raise TensorRTUnavailable(
-            "TensorRT is not installed: `pip install tensorrt` (TensorRT 10, desktop) or use the JetPack "
+            "TensorRT is not installed: `pip install 'tensorrt>=10,<11'` (desktop) or use the JetPack "
             f"python3-libnvinfer package on Jetson ({exc})"
         ) from exc
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
         raise TensorRTUnavailable(f"TensorRT {trt.__version__} found; the name-based I/O API needs TensorRT 10+")
+    if major > 10:  # 11 removed BuilderFlag.FP16 (weakly typed networks), which the FP16 build sets
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} found; this runtime is written for TensorRT 10: pip install 'tensorrt>=10,<11'"
+        )
     return trt
 
 

@@ -182,3 +182,10 @@ def test_gpu_runtimes_get_fastdepth_as_a_cached_graph(tmp_path, monkeypatch):
     assert meta.basis_config == BasisConfig().maps_signature()
     stamp = path.stat().st_mtime_ns
     assert backbones.fastdepth_graph_onnx(MODEL) == path and path.stat().st_mtime_ns == stamp  # reused
+    # TensorRT's graph is the network alone: the bases sort whole rows, and TensorRT's TopK stops at k = 3840
+    import onnx
+
+    plain = backbones.fastdepth_graph_onnx(MODEL, "none")
+    assert plain != path and not read_graph_meta(plain).basis_names
+    assert "TopK" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "TopK" not in {n.op_type for n in onnx.load(str(plain)).graph.node}

@@ -24,7 +24,18 @@ needs_gpu = pytest.mark.skipif(
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed: the missing-package message cannot be exercised")
 def test_missing_tensorrt_says_how_to_install():
-    with pytest.raises(TensorRTUnavailable, match="pip install tensorrt"):
+    with pytest.raises(TensorRTUnavailable, match="pip install 'tensorrt>=10,<11'"):
+        import_tensorrt()
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "11.4.0.106"])
+def test_tensorrt_other_than_10_is_refused_with_the_reason(monkeypatch, version):
+    # 11 removed BuilderFlag.FP16, which the FP16 build sets; 8 lacks the name-based I/O API
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    with pytest.raises(TensorRTUnavailable, match=f"TensorRT {version} found"):
         import_tensorrt()
 
 
