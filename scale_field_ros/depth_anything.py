@@ -285,7 +285,13 @@ def cached_onnx(
     digest = _source_fingerprint(name, source, random_init, feature_levels, config if random_init else None)
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "onnx" / f"{name}-{digest}.onnx"
     if path.is_file():
-        return path
+        try:
+            from .onnxruntime_runtime import read_graph_meta
+
+            read_graph_meta(path)
+            return path
+        except (ValueError, OSError) as exc:  # a damaged cache file is exported again
+            logging.getLogger(__name__).warning("cached graph %s is unreadable (%s): exporting it again", path, exc)
     logging.getLogger(__name__).info("exporting %s (%s) to %s for the ONNX-based runtimes", name, source, path)
     module, meta = export.build_graph(
         name, model_path, random_init=random_init, feature_levels=feature_levels, config=config

@@ -163,7 +163,10 @@ def build_engine(
     LOG.info("TensorRT engine built in %.0f s", time.perf_counter() - t0)
     del monitor
     if timing_cache is not None:
-        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        try:
+            _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        except OSError as exc:  # a cache folder we cannot write must not cost the engine just built
+            LOG.warning("TensorRT timing cache not written to %s: %s", timing_cache, exc)
     return bytes(serialized)
 
 
@@ -193,8 +196,11 @@ def load_or_build_engine(
             return found.engine, path, False
         LOG.info("building TensorRT engine: %s", found.reason)
     engine = build_engine(onnx_path, input_shape, precision, timing_cache=timing_cache_path(cache_dir, key))
-    write_engine(path, key, engine)
-    LOG.info("TensorRT engine cached at %s", path)
+    try:
+        write_engine(path, key, engine)
+        LOG.info("TensorRT engine cached at %s", path)
+    except OSError as exc:  # used from memory; the next start builds it again
+        LOG.warning("TensorRT engine not cached at %s (%s): it will be built again on the next start", path, exc)
     return engine, path, True
 
 

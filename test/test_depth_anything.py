@@ -116,6 +116,11 @@ def test_load_backbone_picks_runtime_and_caches_export(tmp_path, nyu):
     # Second load reuses the cached export; the .onnx itself runs only where ONNX runs.
     again = depth_anything.load_backbone("depth_anything_v2_small", **kw)
     assert list((tmp_path / "onnx").glob("*.onnx")) == exported and again.runtime == "onnxruntime-cpu"
+    # a damaged cache file (a write cut short) is exported again, not failed on at every start
+    data = exported[0].read_bytes()
+    exported[0].write_bytes(data[: len(data) // 2])
+    repaired = depth_anything.load_backbone("depth_anything_v2_small", **kw)
+    assert exported[0].stat().st_size == len(data) and repaired.runtime == "onnxruntime-cpu"
     with pytest.raises(RuntimeUnavailable, match="not supported"):
         depth_anything.load_backbone("depth_anything_v2_small", exported[0], runtime="torch", available=cpu)
     with pytest.raises(RuntimeUnavailable, match="tensorrt"):

@@ -84,3 +84,19 @@ def test_graph_backbone_on_tensorrt_real_image(tiny_onnx, tmp_path):
     rgb = load_dataset(root).frame(0).rgb
     out = GraphBackbone(meta, TensorRTRunner(path, meta, cache_dir=tmp_path)).infer(rgb)
     assert out.relative.shape == rgb.shape[:2] and np.all(np.isfinite(out.relative))
+
+
+def test_an_unwritable_engine_cache_keeps_the_engine_just_built(monkeypatch, tmp_path):
+    # the build itself needs TensorRT and a GPU; what is checked here is what happens to its result
+    from scale_field_ros import tensorrt_runtime
+    from scale_field_ros.engine_cache import EngineKey
+
+    key = EngineKey("0" * 64, "10.9.0", "Test GPU", (8, 9), "fp16", (1, 3, 224, 224))
+    monkeypatch.setattr(tensorrt_runtime, "make_engine_key", lambda *a: key)
+    monkeypatch.setattr(tensorrt_runtime, "build_engine", lambda *a, **k: b"serialized engine")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    onnx_path = tmp_path / "graph.onnx"
+    onnx_path.write_bytes(b"onnx")
+    engine, path, built = tensorrt_runtime.load_or_build_engine(onnx_path, key.input_shape, cache_dir=blocked)
+    assert engine == b"serialized engine" and built and not path.exists()
