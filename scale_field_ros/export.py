@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 from scale_field_ros import depth_anything
-from scale_field_ros.graph_backbone import INPUT_NAME, META_KEY, RELATIVE_OUTPUT, GraphMeta
+from scale_field_ros.graph_backbone import INPUT_NAME, MAX_DYNAMIC_SIDE, META_KEY, RELATIVE_OUTPUT, GraphMeta
 
 LOG = logging.getLogger(__name__)
 OPSET = 18
-MAX_DYNAMIC_SIDE = 2044  # largest dynamic side; TensorRT profiles and position-embedding resizes stay sane
 
 
 BASES_CHOICES = ("analytic", "none")

@@ -90,11 +90,18 @@ class GraphMeta:
             raise ValueError(f"graph metadata is not valid: {exc}") from exc
 
 
-def network_input_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
+MAX_DYNAMIC_SIDE = 2044  # largest dynamic side; TensorRT profiles and position-embedding resizes stay sane
+
+
+def network_input_size(
+    height: int, width: int, short_side: int, multiple: int, max_side: int = MAX_DYNAMIC_SIDE
+) -> tuple[int, int]:
     """(H, W) for the network: short side scaled to at least `short_side`, aspect kept, sides multiples of `multiple`.
 
     Rounds each side to the nearest multiple, but never below `short_side` on the short side (the
-    "lower bound" policy of the Depth Anything processor), so the aspect error is under one patch.
+    "lower bound" policy of the Depth Anything processor), so the aspect error is under one patch. A long side
+    that would pass `max_side` (a 64 x 640 strip: 518 x 5180, minutes and tens of GB on a CPU) is brought to
+    it instead, the short side following below `short_side`.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -109,6 +116,9 @@ def network_input_size(height: int, width: int, short_side: int, multiple: int) 
         h_in = max(h_in, lower)
     else:
         w_in = max(w_in, lower)
+    if max(h_in, w_in) > max_side:
+        fit = max_side / max(height, width)
+        h_in, w_in = (max(multiple, int(length * fit) // multiple * multiple) for length in (height, width))
     return h_in, w_in
 
 

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from scale_field_ros import depth_anything  # noqa: E402
 from scale_field_ros.backbone import DepthKind  # noqa: E402
-from scale_field_ros.graph_backbone import GraphBackbone, network_input_size  # noqa: E402
+from scale_field_ros.graph_backbone import MAX_DYNAMIC_SIDE, GraphBackbone, network_input_size  # noqa: E402
 from scale_field_ros.torch_runtime import TorchRunner  # noqa: E402
 
 
@@ -69,13 +69,15 @@ def test_larger_variant_configs(name):
 
 
 def test_network_input_size_keeps_aspect_and_patch_multiple():
-    for h, w in [(480, 640), (375, 1242), (640, 480), (518, 518), (17, 4000)]:
+    for h, w in [(480, 640), (375, 1242), (640, 480), (518, 518), (64, 640), (17, 4000)]:
         h_in, w_in = network_input_size(h, w, 518, 14)
         assert h_in % 14 == 0 and w_in % 14 == 0
-        assert min(h_in, w_in) >= 518
-        # Rounding to whole patches moves the aspect ratio by at most one patch on the long side.
+        # the long side stays within the exported graphs' dynamic range; below it, the short side reaches 518
+        assert max(h_in, w_in) <= MAX_DYNAMIC_SIDE
+        assert min(h_in, w_in) >= 518 or max(h, w) * 518 / min(h, w) > MAX_DYNAMIC_SIDE
+        # Rounding to whole patches moves the aspect ratio by at most one patch
         long_in = max(h_in, w_in)
-        assert abs(long_in - max(h, w) * min(h_in, w_in) / min(h, w)) <= 14
+        assert abs(min(h_in, w_in) - min(h, w) * long_in / max(h, w)) <= 14
 
 
 def test_backbone_on_real_image(tiny_model):
