@@ -44,6 +44,9 @@ class FastDepthWeights:
     sha256: str  # of the model file
 
 
+MAX_ABS_WEIGHT = 1e4  # bound on any dequantised weight or bias (the shared FastDepth's largest is 10.8)
+
+
 def read_model_bytes(path: str | Path) -> bytes:
     """The file's bytes if it looks like a TFLite flatbuffer, else `ModelFileError`."""
     path = Path(path)
@@ -109,7 +112,14 @@ class _Graph:
         bshape = [1] * values.ndim
         if scale.size > 1:
             bshape[axis] = scale.size
-        return ((values.astype(np.float64) - zero_point.reshape(bshape)) * scale.reshape(bshape)).astype(np.float32)
+        real = (values.astype(np.float64) - zero_point.reshape(bshape)) * scale.reshape(bshape)
+        # a flipped byte in a scale or a value loads without a parse error; trained FastDepth's weights stay
+        # below 11 in magnitude, so far beyond that the file is damaged (it gave a bias of 4e13 and plausible depth)
+        peak = float(np.max(np.abs(real))) if real.size else 0.0
+        if not (np.isfinite(peak) and peak <= MAX_ABS_WEIGHT):
+            name = self.graph.Tensors(index).Name().decode()
+            raise ValueError(f"tensor {name} dequantises to {peak:.3g}, beyond {MAX_ABS_WEIGHT:g}: the file is damaged")
+        return real.astype(np.float32)
 
     def options(self, op, cls_name: str):
         opts = getattr(self._tflite, cls_name)()

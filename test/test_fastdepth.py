@@ -180,7 +180,23 @@ def _retarget_resize_to_bilinear(data: bytes) -> bytes:
     return bytes(patched)
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "not_tflite", "other_graph", "bad_onnx"])
+def _scale_of_first_int8_weight_set_to(data: bytes, value: float) -> bytes:
+    """The file with the first per-channel scale of the first int8 weight tensor overwritten (a flipped byte)."""
+    import tflite
+
+    patched = bytearray(data)
+    graph = tflite.Model.GetRootAsModel(data, 0).Subgraphs(0)
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        quant = tensor.Quantization()
+        if tensor.Type() == tflite.TensorType.INT8 and quant is not None and quant.ScaleLength() > 1:
+            table = quant._tab  # QuantizationParameters: field slot 8 is the scale vector
+            struct.pack_into("<f", patched, table.Vector(table.Offset(8)), value)
+            return bytes(patched)
+    raise AssertionError("no per-channel int8 weights in the file")
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not_tflite", "other_graph", "bad_onnx", "damaged_scale"])
 def test_bad_model_files_raise_one_clear_error(tmp_path, case, fastdepth_path):
     from scale_field_ros.backbones import ModelFileError, load_backbone
 
@@ -194,12 +210,15 @@ def test_bad_model_files_raise_one_clear_error(tmp_path, case, fastdepth_path):
         path.write_bytes(_retarget_resize_to_bilinear(data))
     elif case == "bad_onnx":
         path.write_bytes(data)  # a TFLite renamed .onnx
+    elif case == "damaged_scale":
+        path.write_bytes(_scale_of_first_int8_weight_set_to(data, 1e30))
     expected = {
         "missing": "does not exist",
         "truncated": "truncated",
         "not_tflite": "not a TFLite flatbuffer",
         "other_graph": "operator counts",
         "bad_onnx": "not a readable ONNX model",
+        "damaged_scale": "the file is damaged",
     }[case]
     for runtime in ("torch", "onnxruntime"):
         if case == "bad_onnx" and runtime == "torch":
