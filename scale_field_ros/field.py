@@ -9,6 +9,7 @@ correction (residual_grid) multiplies the result: inv_depth_m *= exp(R(x)).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,10 +200,12 @@ def _relative_std(xp, maps, inv_rel_work, covariance, s_work, shift, lo, var_log
     """Std of log depth at working resolution: the weights' posterior covariance propagated through the
     model, plus the misfit / local-correction variance.
 
-    The propagated part is computed on every 4th pixel and upsampled as the relative variance var(inv) / inv^2:
-    where the scale dominates the uncertainty g cancels from it, so it is smooth across the depth edges that
-    var(inv) itself carries. The samples sit at 4i + 2, next to where the bilinear upsampling puts coarse pixel
-    i (4i + 1.5); at 4i the shift and upsampling var(inv) with the edges in it gave a std off by up to 4x."""
+    The propagated part is computed on every 4th pixel (4i + 2) and interpolated back as the relative variance
+    var(inv) / inv^2: where the scale dominates the uncertainty g cancels from it, so it is smooth across the
+    depth edges that var(inv) itself carries (upsampling var(inv) gave a std off by up to 4x there). The
+    interpolation puts each sample where it was taken (`sample_upsampler`): a half-pixel resize of the coarse
+    grid would shift it by half a working pixel, and stretch it where a side is not 4 times the sample count
+    (1280 x 720: working 160 x 90, 22 rows of samples; ten full-resolution pixels at the bottom)."""
     cov = xp.nan_to_num(xp.exact(covariance))
     evals, evecs = xp.eigh(0.5 * (cov + cov.mT))
     root = xp.work(evecs * xp.sqrt(xp.clip(evals, 0.0, None))[..., None, :])  # cov = root @ root.T
@@ -213,6 +216,21 @@ def _relative_std(xp, maps, inv_rel_work, covariance, s_work, shift, lo, var_log
     z = root.mT @ m.reshape(m.shape[:-2] + (-1,))
     var_inv = xp.einsum("...kp,...kp->...p", z, z).reshape(g2.shape)
     inv2 = xp.clip(xp.abs(s_work[..., oy::4, ox::4] * g2 + shift), lo, None)
-    var_rel = xp.upsample(var_inv / (inv2 * inv2), (h, w))
+    up_h, up_w = (xp.work(sample_upsampler(n, c, o, 4)) for n, c, o in ((h, g2.shape[-2], oy), (w, g2.shape[-1], ox)))
+    var_rel = up_h @ (var_inv / (inv2 * inv2)) @ up_w.mT
     std_rel = xp.sqrt(var_rel + var_log_work)
     return xp.clip(xp.nan_to_num(std_rel, nan=1.0, posinf=1.0), None, 1e3)
+
+
+@functools.lru_cache(maxsize=64)
+def sample_upsampler(n_fine: int, n_coarse: int, offset: int, step: int) -> np.ndarray:
+    """(n_fine, n_coarse) linear interpolation from samples taken at fine pixels offset + step * i to every fine
+    pixel (held constant beyond the first and the last sample); float32, cached per size."""
+    t = np.clip((np.arange(n_fine) - offset) / step, 0.0, n_coarse - 1)
+    i0 = np.minimum(np.floor(t).astype(np.int64), max(n_coarse - 2, 0))
+    frac = t - i0
+    rows = np.arange(n_fine)
+    m = np.zeros((n_fine, n_coarse))
+    m[rows, i0] += 1.0 - frac
+    m[rows, np.minimum(i0 + 1, n_coarse - 1)] += frac
+    return m.astype(np.float32)  # shared between calls: read, never written (torch refuses read-only arrays)
