@@ -106,13 +106,13 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     good = dev <= max(4.0 * 1.4826 * float(np.median(dev)), np.log(1.5))
     # folds are dealt from the cells of the anchors kept: the outlier test can empty all but one cell, and a
     # single fold leaves nothing to fit on
-    occupied = np.flatnonzero(np.bincount(cell[good], minlength=16))
-    if len(occupied) < 2:
+    kept_cells = np.flatnonzero(np.bincount(cell[good], minlength=16))
+    if len(kept_cells) < 2:
         return restrict(full, -1, "scale only: the anchors kept after the outlier test lie in one grid cell", s0)
     b = sample_maps(full.maps, u, v, full.full_shape)
     # rows in relative units: pred / y; weights in units of s0 (basis columns) and s0 (shift)
     a = np.concatenate([b * (g * s0 / y)[:, None], (s0 / y)[:, None]], axis=1)[good]
-    fold = np.searchsorted(occupied, cell[good]) % min(5, len(occupied))
+    fold = np.searchsorted(kept_cells, cell[good]) % min(5, len(kept_cells))
     k = full.k
     rungs = [np.array([0, k])]  # scale and shift, then the tiers (scale only, rung -1, is held out below)
     rungs += [np.append(tier_columns(full.names, t), k) for t in range(1, full.tier + 1)]
