@@ -9,32 +9,22 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 Python wheels (message types)")
 
+from field_backbone import backbone  # noqa: E402
 from node_harness import header  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
 
 from scale_field_ros.frame_processor import FrameProcessor  # noqa: E402
 from scale_field_ros.ros import conversions as conv  # noqa: E402
 from scale_field_ros.run_offline import load_settings  # noqa: E402
 
 
-def image_msg(rgb: np.ndarray) -> Image:
-    msg = Image()
-    msg.header = header(0.0, "camera")
-    msg.encoding, msg.height, msg.width, msg.step = "rgb8", rgb.shape[0], rgb.shape[1], 3 * rgb.shape[1]
-    msg.data = rgb.tobytes()
-    return msg
-
-
 @pytest.mark.parametrize("tolerance_s", [0.5, 5.0])
-def test_image_stamps_going_back_reset_by_the_filter_setting(sun3d, fastdepth_path, tolerance_s):
-    from scale_field_ros.backbones import load_backbone
-
+def test_image_stamps_going_back_reset_by_the_filter_setting(sun3d, tolerance_s):
     settings, config = load_settings()
     config = dataclasses.replace(config, filter=dataclasses.replace(config.filter, backwards_tolerance_s=tolerance_s))
-    proc = FrameProcessor(settings, config, load_backbone("fastdepth", fastdepth_path, runtime="onnxruntime"))
+    proc = FrameProcessor(settings, config, backbone())
     frame = sun3d.frame(0)
     proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
-    msg = image_msg(frame.rgb)
+    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
     assert proc.process_image(msg, False, 100.0).frame is not None
     step = proc.process_image(msg, False, 98.0)  # 2 s back: a reset only where the tolerance is shorter
     assert step.frame is not None
@@ -43,20 +33,19 @@ def test_image_stamps_going_back_reset_by_the_filter_setting(sun3d, fastdepth_pa
 
 
 @pytest.mark.parametrize("max_age_s", [0.06, 0.2])
-def test_scans_stamped_at_sweep_start_need_a_longer_anchor_age(sun3d, fastdepth_path, max_age_s):
+def test_scans_stamped_at_sweep_start_need_a_longer_anchor_age(sun3d, max_age_s):
     # a 10 Hz LiDAR stamping each scan at the start of its sweep, delivered 110 ms after that stamp; a 30 Hz
     # camera processed on arrival. With the default window no image ever finds a scan, and the coasting warning
     # says why; with a window above the period plus latency every image does.
     from scale_field_ros import msg_codec
-    from scale_field_ros.backbones import load_backbone
 
     settings, config = load_settings()
     settings = dataclasses.replace(settings, anchor_max_age=max_age_s)
     config = dataclasses.replace(config, filter=dataclasses.replace(config.filter, max_coast_s=0.3))
-    proc = FrameProcessor(settings, config, load_backbone("fastdepth", fastdepth_path, runtime="onnxruntime"))
+    proc = FrameProcessor(settings, config, backbone())
     frame = sun3d.frame(0)
     proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
-    msg = image_msg(frame.rgb)
+    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
     rng = np.random.default_rng(0)
     points = np.column_stack([rng.uniform(-1, 1, 500), rng.uniform(-0.7, 0.7, 500), rng.uniform(1.5, 4.0, 500)])
     cloud = conv.cloud_msg(msg_codec.cloud_fields(points.astype(np.float32)), header(0.0, "camera"))
@@ -76,19 +65,16 @@ def test_scans_stamped_at_sweep_start_need_a_longer_anchor_age(sun3d, fastdepth_
         assert min(found[3:]) >= 1 and not why
 
 
-def test_odometry_of_another_frame_with_identity_T_body_cam_is_warned(sun3d, fastdepth_path):
+def test_odometry_of_another_frame_with_identity_T_body_cam_is_warned(sun3d):
     from nav_msgs.msg import Odometry
 
-    from scale_field_ros.backbones import load_backbone
-
     settings, config = load_settings()  # motion compensation on, T_body_cam identity
-    backbone = load_backbone("fastdepth", fastdepth_path, runtime="onnxruntime")
     frame = sun3d.frame(0)
-    msg = image_msg(frame.rgb)  # frame_id "camera"
+    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))  # frame_id "camera"
 
     def warned(child: str, T_body_cam=None) -> bool:
         s = settings if T_body_cam is None else dataclasses.replace(settings, T_body_cam=T_body_cam)
-        proc = FrameProcessor(s, config, backbone)
+        proc = FrameProcessor(s, config, backbone())
         proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
         for t in (9.9, 10.1):
             odom = Odometry()
