@@ -1,4 +1,5 @@
-"""The node's per-image work (`FrameProcessor`) without DDS: the image-stamp rules that reset the filter."""
+"""The node's per-image work (`FrameProcessor`) without DDS: image-stamp resets, anchor timing, the odometry frame
+check and how camera_info is read (region of interest, binning, rectified input)."""
 
 from __future__ import annotations
 
