@@ -164,8 +164,9 @@ class Pipeline:
         h, w = out.shape
         clean = anchors.sanitized(w, h, cfg.min_depth_m, cfg.max_depth_m)
         use_filter = stamp_s is not None and self._filter is not None and getattr(cfg.filter, "enabled", False)
+        stamp_reset = ""
         if use_filter:
-            self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
+            stamp_reset = self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
             if self._filter.state is None:
                 self._forget_family()
         bases, own = self._bases(out, clean, use_filter)
@@ -182,6 +183,7 @@ class Pipeline:
             step = self._filter_weights(design, bases, own, clean, initial, fit, level, why, stamp_s)
             bases, design, fit, reset_reason, nis_per_dof = step
             alone = alone or bool(reset_reason)
+            reset_reason = reset_reason or stamp_reset
             t_filter += time.perf_counter() - tf
         local = None
         carried = self._local_filter.current(bases.work_shape) if use_filter and cfg.local.enabled else None
@@ -201,7 +203,7 @@ class Pipeline:
             elif fit.level is not FitLevel.PRIOR:
                 self._misfit = misfit
             if cfg.local.enabled:
-                local = self._filter_local(local, carried, misfit, stamp_s)
+                local = self._filter_local(local, carried, misfit, bases.work_shape, stamp_s)
             t_filter += time.perf_counter() - tf
         est = compose(bases, fit.weights, fit.covariance, cfg.min_depth_m, cfg.max_depth_m, local, misfit)
         if alone and local is None:
@@ -316,6 +318,7 @@ class Pipeline:
         if not had_state and not getattr(bases, "shift_free", True):
             # scale only (few or clustered anchors, shift pinned, scale held at the anchors' absrel_scale): no state
             # is born from it, its pinned spreads would freeze the random walk; the frame stands alone
+            self._stood_alone(frame_fit, stamp_s)
             return bases, design, frame_fit, "", 0.0
         predicted = f.predict(stamp_s, initial)
         fit, reason, nis_per_dof = frame_fit, "", 0.0
@@ -332,6 +335,7 @@ class Pipeline:
                 if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), self.config.basis) >= 1:
                     self._votes.append(own.tier)
                 if not getattr(own, "shift_free", True):
+                    self._stood_alone(fit, stamp_s)
                     return bases, design, fit, reason, nis_per_dof  # scale only: no state is born (see above)
                 f.predict(stamp_s, initial)  # born again from this frame alone
         if had_state and not reason:
@@ -353,8 +357,21 @@ class Pipeline:
             self._names, self._tier = bases.names, bases.tier
         return bases, design, fit, reason, nis_per_dof
 
+    def _stood_alone(self, fit: FitResult, stamp_s: float) -> None:
+        """The filter's bookkeeping for a frame published on its own, without a state: anchors that gave a fit
+        end coasting (else the coasting flag and its clock stayed as the last frame without anchors left them)."""
+        if fit.level is FitLevel.PRIOR:
+            self._filter.coast(stamp_s)
+        else:
+            self._filter.stand_alone(stamp_s)
+
     def _filter_local(
-        self, local: LocalCorrection | None, carried: np.ndarray | None, misfit_log_var: float, stamp_s: float
+        self,
+        local: LocalCorrection | None,
+        carried: np.ndarray | None,
+        misfit_log_var: float,
+        shape: tuple[int, int],
+        stamp_s: float,
     ):
         """The local correction through the per-pixel filter. The frame measures the carried correction plus
         what its anchors add to it (innovation form: between sparse anchors the carried detail stays), with
@@ -362,11 +379,11 @@ class Pipeline:
         published variance stays at least what the frame alone would publish (`misfit_log_var`: the raw
         anchors' squared log residual under the fitted field)."""
         if local is None:
-            return self._local_filter.step(None, None, None, stamp_s)
+            return self._local_filter.step(shape, stamp_s)
         measured = local.log_ratio if carried is None else carried + local.log_ratio
         noise = np.float32(self.config.noise_rel**2)
         alone = dataclasses.replace(local, residual_var=max(local.residual_var, misfit_log_var)).variance()
-        return self._local_filter.step(measured, local.variance() + noise, alone, stamp_s)
+        return self._local_filter.step(shape, stamp_s, measured, local.variance() + noise, alone)
 
     def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors):
         fitted = design.matrix @ fit.weights

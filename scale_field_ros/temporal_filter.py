@@ -127,10 +127,14 @@ class WeightFilter:
             ref = np.eye(k)
         return ref * (self.config.process_noise**2 * dt_s)
 
-    def check_stamp(self, stamp_s: float) -> None:
-        """Reset when `stamp_s` is older than the state by more than the tolerance (bag looped)."""
+    def check_stamp(self, stamp_s: float) -> str:
+        """Reset when `stamp_s` is older than the state by more than the tolerance (bag looped); returns the
+        reset's reason, '' when there was none."""
         if self._stamp_s is not None and stamp_s < self._stamp_s - self.config.backwards_tolerance_s:
-            self.reset(f"stamp went backwards by {self._stamp_s - stamp_s:.3f} s")
+            reason = f"stamp went backwards by {self._stamp_s - stamp_s:.3f} s"
+            self.reset(reason)
+            return reason
+        return ""
 
     def predict(self, stamp_s: float, initial: Prior) -> Prior:
         """Predicted state at `stamp_s`; `initial` on the first frame, after a reset, or on a size change."""
@@ -173,6 +177,15 @@ class WeightFilter:
         self.state = Prior(self.state.mean, self.state.covariance + self._process_covariance(k, dt))
         self._stamp_s = max(stamp_s, self._stamp_s)
         self.coast_duration_s = self._stamp_s - self._last_update_s
+
+    def stand_alone(self, stamp_s: float) -> None:
+        """A frame whose anchors gave a result that no state is born from (scale only): evidence all the same,
+        so coasting ends and its clock restarts here."""
+        self.check_stamp(stamp_s)
+        self.coasting = False
+        self.coast_duration_s = 0.0
+        self._stamp_s = stamp_s if self._stamp_s is None else max(stamp_s, self._stamp_s)
+        self._last_update_s = self._stamp_s
 
     def remap(self, old_index: np.ndarray, initial: Prior) -> None:
         """Re-express the state in another parametrisation: new weight i is old weight `old_index[i]`, or, where
@@ -249,9 +262,9 @@ class FilteredCorrection:
 class CorrectionFilter:
     """Per-pixel random-walk Kalman filter on the local log-depth correction (see module docstring).
 
-    Per frame: `step(measurement, measurement_var, floor_var, stamp_s)` with the frame's correction, its
-    variance as a measurement and the frame's own remaining variance (predict, then update), or
-    `step(None, None, None, stamp_s)` to coast. The published variance is the Kalman variance but never below
+    Per frame: `step(shape, stamp_s, measurement, measurement_var, floor_var)` with the frame's working shape,
+    its correction, the correction's variance as a measurement and the frame's own remaining variance (predict,
+    then update), or `step(shape, stamp_s)` to coast. The published variance is the Kalman variance but never below
     the latest frame's own remaining variance (grown while coasting): the misfit between anchors is the same
     from frame to frame, so averaging frames does not shrink it the way the Kalman variance assumes.
     The state lives in image space, so it assumes the image moves little between frames;
@@ -279,14 +292,16 @@ class CorrectionFilter:
 
     def step(
         self,
-        measurement: np.ndarray | None,
-        measurement_var: np.ndarray | None,
-        floor_var: np.ndarray | None,
+        shape: tuple[int, int],
         stamp_s: float,
+        measurement: np.ndarray | None = None,
+        measurement_var: np.ndarray | None = None,
+        floor_var: np.ndarray | None = None,
     ) -> FilteredCorrection | None:
-        """The filtered correction at `stamp_s`, or None while nothing was ever measured."""
-        if self.log_ratio is not None and measurement is not None and measurement.shape != self.log_ratio.shape:
-            self.reset()  # another image size: the pixels no longer correspond
+        """The filtered correction at `stamp_s` for a frame of working shape `shape`, or None while nothing of
+        that shape was measured."""
+        if self.log_ratio is not None and self.log_ratio.shape != tuple(shape):
+            self.reset()  # another image size: the pixels no longer correspond, also for a frame that coasts
         if self.log_ratio is not None:
             dt = max(0.0, stamp_s - self._stamp_s) if self._stamp_s is not None else 0.0
             growth = np.float32(self.config.local_process_noise**2 * dt)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
-from field_backbone import infer
+from field_backbone import backbone, infer
 
 from scale_field_ros.anchors import Anchors
 from scale_field_ros.metrics import compute_metrics, evaluation_mask
@@ -89,9 +90,7 @@ def test_median_scaling_frames_stand_alone_until_a_field_can_be_fitted():
     frame, out = infer("sun3d_seq", 0)
     pipe = Pipeline(None, FILTERED)
     alone = Pipeline(None, dataclasses.replace(FILTERED, filter=FilterConfig(enabled=False)))
-    rows, cols = np.nonzero(frame.depth_m[20:90, 20:120] > 0)  # one corner: one cell of the selection grid
-    pick = np.random.default_rng(0).choice(len(rows), 30, replace=False)
-    corner = Anchors.from_arrays(cols[pick] + 20, rows[pick] + 20, frame.depth_m[rows[pick] + 20, cols[pick] + 20])
+    corner = _corner_anchors(frame)
     first = pipe.process_output(out, corner, 0.0)
     assert first.basis_signature.startswith("t-1:")  # median scaling, its shift pinned
     np.testing.assert_array_equal(first.depth_m, alone.process_output(out, corner).depth_m)
@@ -102,3 +101,54 @@ def test_median_scaling_frames_stand_alone_until_a_field_can_be_fitted():
     again = pipe.process_output(out, corner, 2 * DT)  # the state's family is kept, the corner only nudges it
     assert again.basis_signature == second.basis_signature and not again.filter_reset
     assert _absrel(again, draw) <= _absrel(second, draw) + 0.02
+
+
+def test_anchors_after_a_long_coast_end_it_also_when_they_give_median_scaling():
+    # anchors that start late (LiDAR up 1 s after the camera): the first anchored frames choose median scaling,
+    # from which no state is born; they are evidence all the same, not more coasting with a ruined confidence
+    frame, out = infer("sun3d_seq", 0)
+    cfg = dataclasses.replace(FILTERED, filter=FilterConfig(enabled=True, max_coast_s=0.5))
+    pipe = Pipeline(None, cfg)
+    fresh = Pipeline(None, cfg).process_output(out, _corner_anchors(frame), 1.0)  # the anchors from the start
+    for k in range(10):
+        blind = pipe.process_output(out, Anchors.empty(), k * 0.1)
+    assert blind.coasting and blind.coast_exceeded
+    for k in range(10, 13):
+        res = pipe.process_output(out, _corner_anchors(frame), k * 0.1)
+        assert res.basis_signature.startswith("t-1:") and pipe._filter.state is None
+        assert not res.coasting and not res.coast_exceeded and res.coast_s == 0.0
+        np.testing.assert_array_equal(res.std_m, fresh.std_m)
+    blind = pipe.process_output(out, Anchors.empty(), 1.4)  # coasting again counts from the last anchored frame
+    assert blind.coasting and abs(blind.coast_s - 0.2) < 1e-9 and not blind.coast_exceeded
+
+
+def test_a_new_image_size_while_coasting_drops_the_local_correction():
+    frame, out = infer("sun3d_seq", 0)
+    pipe = Pipeline(None, FILTERED)
+    for k in range(3):
+        pipe.process_output(out, draw_anchors(frame, "uniform", 100, seed=k, noise=0.02).anchors, k * DT)
+    # the camera switches to 640x360 (another working shape), and the next frames have no anchors
+    rgb = cv2.resize(frame.rgb, (640, 360), interpolation=cv2.INTER_AREA)
+    wide = backbone().infer(rgb)
+    for k in range(3, 6):
+        res = pipe.process_output(wide, Anchors.empty(), k * DT)
+        assert res.depth_m.shape == (360, 640) and res.coasting and np.all(np.isfinite(res.depth_m))
+    assert pipe._local_filter.log_ratio is None
+
+
+def test_a_filter_reset_by_stamps_creeping_backwards_is_reported():
+    # each step back is within the tolerance (0.5 s), together they are not: the reset must say so
+    frame, out = infer("sun3d_seq", 0)
+    pipe = Pipeline(None, FILTERED)
+    reasons = []
+    for k, t in enumerate((10.0, 9.6, 9.2)):
+        res = pipe.process_output(out, draw_anchors(frame, "uniform", 100, seed=k, noise=0.02).anchors, t)
+        reasons.append(res.filter_reset)
+    assert reasons[:2] == ["", ""] and "backwards" in reasons[2] and pipe._filter.n_resets == 1
+
+
+def _corner_anchors(frame) -> Anchors:
+    """30 anchors in one corner of the image: one cell of the selection grid, so median scaling is chosen."""
+    rows, cols = np.nonzero(frame.depth_m[20:90, 20:120] > 0)
+    pick = np.random.default_rng(0).choice(len(rows), 30, replace=False)
+    return Anchors.from_arrays(cols[pick] + 20, rows[pick] + 20, frame.depth_m[rows[pick] + 20, cols[pick] + 20])

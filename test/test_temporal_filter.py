@@ -141,17 +141,19 @@ def test_correction_filter_averages_noise_and_widens_while_coasting():
     f = CorrectionFilter(FilterConfig(local_process_noise=0.01, enabled=True))
     var = np.full(truth.shape, 0.05**2, np.float32)
     for k in range(30):
-        out = f.step(truth + rng.normal(0, 0.05, truth.shape).astype(np.float32), var, var * 0.1, k / 30)
+        out = f.step(truth.shape, k / 30, truth + rng.normal(0, 0.05, truth.shape).astype(np.float32), var, var * 0.1)
     err = np.abs(out.log_ratio - truth)
     assert err.mean() < 0.4 * 0.05 * np.sqrt(2 / np.pi)  # well below one frame's mean absolute noise
     assert np.all(out.variance() < 0.5 * var)
     before = out.variance().copy()
-    coasting = f.step(None, None, None, 2.0)
+    coasting = f.step(truth.shape, 2.0)
     np.testing.assert_array_equal(coasting.log_ratio, out.log_ratio)
     assert np.all(coasting.variance() > before)
-    assert f.step(np.zeros((6, 8), np.float32), np.ones((6, 8), np.float32), None, 2.1).log_ratio.shape == (6, 8)
+    # another image size: the pixels no longer correspond, whether the frame measures or coasts
+    assert f.step((9, 16), 2.05) is None
+    assert f.step((6, 8), 2.1, np.zeros((6, 8), np.float32), np.ones((6, 8), np.float32)).log_ratio.shape == (6, 8)
     f.reset()
-    assert f.step(None, None, None, 3.0) is None
+    assert f.step((6, 8), 3.0) is None
 
 
 def test_local_process_noise_validation():
