@@ -72,7 +72,7 @@ class AnchorBuffer:
         self.max_age_s = float(max_age_s)
         self.max_future_s = float(max_future_s)
         self.backwards_tolerance_s = float(backwards_tolerance_s)
-        self.retention_s = float(retention_s) if retention_s is not None else 2.0 * self.max_age_s + 1.0
+        self._retention_s = float(retention_s) if retention_s is not None else None
         self.max_sets = int(max_sets)
         self._stamps: list[float] = []
         self._sets: list[AnchorSet] = []
@@ -81,6 +81,12 @@ class AnchorBuffer:
     def __len__(self) -> int:
         with self._lock:
             return len(self._sets)
+
+    @property
+    def retention_s(self) -> float:
+        """Sets older than the newest by more than this are dropped: as given, else 2 max_age_s + 1 s, which
+        follows `max_age_s` when it is changed (a larger age must find the sets it asks for)."""
+        return self._retention_s if self._retention_s is not None else 2.0 * self.max_age_s + 1.0
 
     @property
     def newest_stamp_s(self) -> float | None:
@@ -131,6 +137,14 @@ class AnchorBuffer:
             self._sets.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id, times))
             self._prune_locked()
         return status
+
+    def drop_newer_than(self, stamp_s: float) -> None:
+        """Forget the sets stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
+        sets of the new one that arrived before its first image stay)."""
+        with self._lock:
+            keep = bisect.bisect_right(self._stamps, stamp_s)
+            del self._stamps[keep:]
+            del self._sets[keep:]
 
     def _prune_locked(self) -> None:
         oldest_kept = self._stamps[-1] - self.retention_s

@@ -87,7 +87,7 @@ class FrameProcessor:
         self.pose_buffer = PoseBuffer(max_extrapolation_s=settings.odom_max_extrapolation)
         self.camera_info: CameraInfoState | None = None
         self.latest_image_stamp_s: float | None = None  # reference for far-future anchors
-        self.last_processed_stamp_s: float | None = None
+        self.last_processed_stamp_s: float | None = None  # the newest processed image stamp
         self.odom_child_frame = ""  # the frame whose pose the odometry gives (its child_frame_id)
 
     # -------------------------------------------------------------- settings
@@ -157,6 +157,16 @@ class FrameProcessor:
             return [("bad_odom", f"odometry refused: {exc}")]
         if not np.all(np.isfinite(T_world_body)):
             return [("bad_odom", "odometry refused: pose holds NaN or inf")]
+        latest = self.latest_image_stamp_s
+        if latest is not None and stamp_s > latest + self.settings.anchor_max_future:
+            # as for anchors: one stamp far ahead would prune the whole pose history behind it
+            return [
+                (
+                    "odom_far_future",
+                    f"odometry stamped {stamp_s:.3f} s is more than {self.settings.anchor_max_future} s after the "
+                    f"latest image ({latest:.3f} s); refused",
+                )
+            ]
         self.odom_child_frame = str(getattr(msg, "child_frame_id", ""))
         if not self.pose_buffer.insert(stamp_s, T_world_body):
             return [("odom_backwards", "odometry stamps went backwards: older poses dropped")]
@@ -224,17 +234,21 @@ class FrameProcessor:
             return step()
         last = self.last_processed_stamp_s
         # an image stamp this far back means the bag looped or the clock was reset: filter and buffers reset
-        if last is not None and stamp_s < last - config.filter.backwards_tolerance_s:
+        looped = last is not None and stamp_s < last - config.filter.backwards_tolerance_s
+        if looped:
             warnings.append(
                 (
                     "image_stamp_backwards",
                     f"image stamps went back from {last:.3f} to {stamp_s:.3f} s (bag looped?): "
-                    "temporal filter and buffers reset",
+                    "temporal filter reset, buffered anchors and odometry of the old timeline dropped",
                 )
             )
             self.pipeline.reset()
-            self.pose_buffer.clear()
-        self.last_processed_stamp_s = stamp_s
+            # what is stamped ahead of this image belongs to the old timeline; the new one's earlier arrivals stay
+            self.anchor_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
+            self.pose_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
+        # the newest stamp, as the filter keeps it: steps back within the tolerance must not add up unseen
+        self.last_processed_stamp_s = stamp_s if last is None or looped else max(last, stamp_s)
         t1 = time.perf_counter_ns()
 
         sets = self.anchor_buffer.query(stamp_s)

@@ -123,6 +123,8 @@ class PoseBuffer:
 
     def insert(self, stamp_s: float, T_world_body: np.ndarray) -> bool:
         """Store a pose; returns False when it cleared the buffer because the stamp jumped back."""
+        if not np.isfinite(stamp_s):
+            raise ValueError(f"pose stamp must be finite, got {stamp_s}")
         T = np.asarray(T_world_body, np.float64).reshape(4, 4)
         kept_history = True
         with self._lock:
@@ -142,6 +144,14 @@ class PoseBuffer:
                 del self._stamps[:start]
                 del self._poses[:start]
         return kept_history
+
+    def drop_newer_than(self, stamp_s: float) -> None:
+        """Forget the poses stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
+        poses of the new one that arrived before its first image stay)."""
+        with self._lock:
+            keep = bisect.bisect_right(self._stamps, stamp_s)
+            del self._stamps[keep:]
+            del self._poses[keep:]
 
     def covers(self, stamp_s: float) -> bool:
         """A sample at or after `stamp_s` is buffered: the pose there is interpolated, not extrapolated."""

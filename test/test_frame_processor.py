@@ -123,3 +123,78 @@ def test_a_rectified_image_takes_its_intrinsics_from_p(sun3d, rectified):
         assert not got.distorted and (got.fx, got.cx) == (fx_rect, cx_rect)
     else:
         assert got.distorted and (got.fx, got.cx) == (intrinsics.fx, intrinsics.cx)
+
+
+def test_stamps_creeping_back_add_up_to_a_reported_reset(sun3d):
+    # each image 0.4 s before the last (within the 0.5 s tolerance): the third is 0.8 s behind the newest
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, backbone())
+    frame = sun3d.frame(0)
+    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
+    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
+    warned = []
+    for t in (10.0, 9.6, 9.2):
+        step = proc.process_image(msg, False, t)
+        warned.append(any(cause == "image_stamp_backwards" for cause, _ in step.warnings))
+    assert warned == [False, False, True]
+
+
+def test_a_bag_loop_keeps_the_new_timelines_early_odometry_and_anchors(sun3d):
+    from nav_msgs.msg import Odometry
+
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, backbone())
+    frame = sun3d.frame(0)
+    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
+    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
+    odom = Odometry()
+    odom.pose.pose.orientation.w = 1.0
+    points = np.array([[0.0, 0.0, 2.0], [0.3, 0.1, 2.5], [-0.2, 0.2, 3.0]], np.float32)
+    from scale_field_ros import msg_codec
+
+    cloud = conv.cloud_msg(msg_codec.cloud_fields(points), header(0.0, "camera"))
+    for t in (50.0, 50.05, 50.1):  # the old timeline
+        proc.on_odom(odom, t)
+        proc.on_anchors(cloud, t)
+    assert proc.process_image(msg, False, 50.1).frame is not None
+    # the bag loops: its first odometry and scan arrive before its first image (they clear the old ones)
+    for t in (0.0, 0.01):
+        proc.on_odom(odom, t)
+    proc.on_anchors(cloud, 0.01)
+    step = proc.process_image(msg, False, 0.02)
+    assert any(cause == "image_stamp_backwards" for cause, _ in step.warnings)
+    assert len(proc.pose_buffer) == 2 and proc.pose_buffer.covers(0.01)
+    assert step.frame.found.n_sets == 1
+
+
+def test_odometry_far_ahead_of_the_images_is_refused_and_keeps_the_history(sun3d):
+    from nav_msgs.msg import Odometry
+
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, backbone())
+    odom = Odometry()
+    odom.pose.pose.orientation.w = 1.0
+    proc.on_image_stamp(101.0)
+    for k in range(200):
+        assert proc.on_odom(odom, 100.0 + k * 0.01) == []
+    warnings = proc.on_odom(odom, 100.0 + 3600.0)  # one glitched stamp, an hour ahead
+    assert [cause for cause, _ in warnings] == ["odom_far_future"]
+    assert len(proc.pose_buffer) == 200 and proc.pose_buffer.lookup(101.5) is not None
+    assert proc.on_odom(odom, 102.0) == []  # and the next normal sample is not taken for a loop
+
+
+def test_a_larger_anchor_age_at_runtime_keeps_the_sets_it_asks_for():
+    from scale_field_ros.anchor_buffer import AnchorBuffer
+
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, backbone())
+    assert proc.anchor_buffer.max_age_s == pytest.approx(0.06)
+    proc.update_settings(dataclasses.replace(settings, anchor_max_age=2.0))
+    built = AnchorBuffer(2.0)
+    points = np.ones((10, 3), np.float32)
+    for k in range(40):  # 10 Hz scans over 4 s
+        for buf in (proc.anchor_buffer, built):
+            buf.insert(100.0 + k * 0.1, points)
+    image_stamp = 102.4  # 1.5 s behind the newest scan (slow inference)
+    assert [s.stamp_s for s in proc.anchor_buffer.query(image_stamp)] == [s.stamp_s for s in built.query(image_stamp)]
+    assert proc.anchor_buffer.query(image_stamp)[0].stamp_s == pytest.approx(image_stamp)

@@ -128,7 +128,11 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "anchor_max_age", 0.06, "use anchor sets stamped within this many seconds of the image", min=0.0, max=10.0
     ),
     ParamSpec(
-        "anchor_max_future", 1.0, "refuse anchor sets stamped this far (s) after the latest image", min=0.0, max=3600.0
+        "anchor_max_future",
+        1.0,
+        "refuse anchor sets and odometry stamped this far (s) after the latest image",
+        min=0.0,
+        max=3600.0,
     ),
     ParamSpec(
         "odom_max_extrapolation",
