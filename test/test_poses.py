@@ -84,6 +84,13 @@ def test_pose_buffer_lookup(seq):
     # bag looped: an old stamp clears the history
     assert not buf.insert(-5.0, poses[0])
     assert len(buf) == 1 and buf.lookup(1 / 30.0) is None
+    with pytest.raises(ValueError, match="finite"):  # a NaN stamp would sort nowhere and prune nothing
+        buf.insert(float("nan"), poses[1])
+    assert len(buf) == 1
+    # the images' clock went back to -5: poses stamped after it are the old timeline's
+    buf.insert(-4.9, poses[1])
+    buf.drop_newer_than(-4.95)
+    assert len(buf) == 1 and buf.lookup(-5.0) is not None
 
 
 def test_pose_buffer_is_bounded(seq):
