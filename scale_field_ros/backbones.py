@@ -28,6 +28,7 @@ from .runtime_select import (
     TORCH_CPU,
     TORCH_CUDA,
     device_class,
+    device_index,
     probe_runtimes,
     select_runtime,
 )
@@ -84,7 +85,7 @@ def load_backbone(
     if name in DEPTH_ANYTHING_VARIANTS:
         from . import depth_anything
 
-        return depth_anything.load_backbone(name, model_path, runtime, int(threads), device_class(device), **options)
+        return depth_anything.load_backbone(name, model_path, runtime, int(threads), device, **options)
     if name != "fastdepth":
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
     unknown = set(options) - {"precision", "cache_dir", "available"}
@@ -117,7 +118,12 @@ def load_backbone(
         bases = "none" if choice.runtime == TENSORRT else "analytic"
         onnx_path = path if graph_file else fastdepth_graph_onnx(path, bases)
         return graph_backbone_on(
-            onnx_path, choice.runtime, threads, options.get("precision", "fp16"), options.get("cache_dir")
+            onnx_path,
+            choice.runtime,
+            threads,
+            options.get("precision", "fp16"),
+            options.get("cache_dir"),
+            device_index(device),
         )
     runtime = "onnxruntime" if choice.runtime == ORT_CPU else "torch"
     device = "cpu" if choice.device == "cpu" else (device if str(device).startswith("cuda") else "cuda")

@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="network input height, for a dynamic-size ONNX")
     parser.add_argument("--cache-dir", type=Path, default=None, help="engine cache (default $SCALE_FIELD_CACHE)")
     parser.add_argument("--force", action="store_true", help="rebuild even when a valid cached engine exists")
+    parser.add_argument("--device", default="cuda", help="the GPU to build for: cuda or cuda:N (the node's device)")
 
 
 def engine_input_shape(fixed_hw: tuple[int, int] | None, multiple: int, width: int | None, height: int | None):
@@ -38,14 +39,25 @@ def engine_input_shape(fixed_hw: tuple[int, int] | None, multiple: int, width: i
 
 def run(args: argparse.Namespace) -> int:
     from scale_field_ros.onnxruntime_runtime import read_graph_meta
+    from scale_field_ros.runtime_select import device_index
     from scale_field_ros.tensorrt_runtime import TensorRTUnavailable, load_or_build_engine
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.device == "cuda" or (args.device.startswith("cuda:") and args.device[5:].isdigit())):
+        print(f"scale-field build-engine: error: --device must be cuda or cuda:N, got {args.device!r}", file=sys.stderr)
+        return 2
     meta = read_graph_meta(args.onnx)
     shape = engine_input_shape(meta.fixed_hw, meta.multiple, args.width, args.height)
     precision = "fp32" if args.fp32 else "fp16"
     try:
-        _, path, built = load_or_build_engine(args.onnx, shape, precision, args.cache_dir, force_rebuild=args.force)
+        _, path, built = load_or_build_engine(
+            args.onnx,
+            shape,
+            precision,
+            args.cache_dir,
+            force_rebuild=args.force,
+            device_index=device_index(args.device),
+        )
     except TensorRTUnavailable as exc:
         print(f"scale-field build-engine: error: {exc}", file=sys.stderr)
         return 2

@@ -307,7 +307,7 @@ def load_backbone(
     model_path: str | Path | None = None,
     runtime: str = "auto",
     threads: int = 0,
-    device: str = "auto",
+    device: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
     *,
     random_init: bool = False,
     precision: str = "fp16",
@@ -337,7 +337,7 @@ def load_backbone(
         from scale_field_ros.torch_runtime import TorchRunner
 
         graph = build_graph(load_model(name, model_path, random_init=random_init, config=config))
-        runner = TorchRunner(graph, choice.device)
+        runner = TorchRunner(graph, "cpu" if choice.device == "cpu" else f"cuda:{rs.device_index(device)}")
         if choice.device == "cpu" and threads > 0:
             import torch
 
@@ -355,4 +355,4 @@ def load_backbone(
     meta = read_graph_meta(onnx_path)
     if meta.backbone != name:
         raise ValueError(f"{onnx_path} holds a {meta.backbone} graph, not {name}")
-    return graph_backbone_on(onnx_path, choice.runtime, threads, precision, cache_dir)
+    return graph_backbone_on(onnx_path, choice.runtime, threads, precision, cache_dir, rs.device_index(device))

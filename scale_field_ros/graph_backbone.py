@@ -245,10 +245,11 @@ class GraphBackbone:
 
 
 def graph_backbone_on(
-    onnx_path, runtime: str, threads: int = 0, precision: str = "fp16", cache_dir=None
+    onnx_path, runtime: str, threads: int = 0, precision: str = "fp16", cache_dir=None, device_index: int = 0
 ) -> GraphBackbone:
     """A `GraphBackbone` running the exported graph `onnx_path` on an ONNX-based runtime of `runtime_select`
-    (tensorrt, onnxruntime-cuda or onnxruntime-cpu); the graph's metadata says everything else."""
+    (tensorrt, onnxruntime-cuda or onnxruntime-cpu), the GPU ones on CUDA device `device_index`; the graph's
+    metadata says everything else."""
     from scale_field_ros import runtime_select as rs
     from scale_field_ros.onnxruntime_runtime import OnnxRuntimeRunner, read_graph_meta
 
@@ -256,10 +257,11 @@ def graph_backbone_on(
     if runtime == rs.TENSORRT:
         from scale_field_ros.tensorrt_runtime import TensorRTRunner
 
-        return GraphBackbone(meta, TensorRTRunner(onnx_path, meta, precision=precision, cache_dir=cache_dir))
+        runner = TensorRTRunner(onnx_path, meta, precision=precision, cache_dir=cache_dir, device_index=device_index)
+        return GraphBackbone(meta, runner)
     if runtime not in (rs.ORT_CUDA, rs.ORT_CPU):
         raise ValueError(f"an exported graph runs on tensorrt or onnxruntime, not {runtime!r}")
-    providers = ["CPUExecutionProvider"]
+    providers: list = ["CPUExecutionProvider"]
     if runtime == rs.ORT_CUDA:
-        providers.insert(0, "CUDAExecutionProvider")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device_index)}))
     return GraphBackbone(meta, OnnxRuntimeRunner(onnx_path, providers=providers, threads=threads))

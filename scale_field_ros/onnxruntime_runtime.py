@@ -54,7 +54,7 @@ class OnnxRuntimeRunner:
     def __init__(
         self,
         onnx_path: str | Path,
-        providers: list[str] | None = None,
+        providers: list | None = None,  # names, or (name, options) pairs as ONNX Runtime takes them
         threads: int = 0,
         outputs: list[str] | tuple[str, ...] | None = None,
     ) -> None:

@@ -84,6 +84,12 @@ def device_class(device: str) -> str:
     raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
+def device_index(device: str) -> int:
+    """The CUDA device number of a device string ("cuda:1" -> 1; "cuda", "auto", "cpu" -> 0)."""
+    d = str(device)
+    return int(d[5:]) if device_class(d) == "cuda" and d.startswith("cuda:") else 0
+
+
 def select_runtime(
     requested: str,
     available: RuntimeAvailability,

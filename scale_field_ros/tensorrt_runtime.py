@@ -69,12 +69,17 @@ def gpu_identity(device_index: int = 0) -> tuple[str, tuple[int, int]]:
 
     if not torch.cuda.is_available():
         raise TensorRTUnavailable("TensorRT needs a CUDA device, and torch sees none")
+    count = torch.cuda.device_count()
+    if not 0 <= device_index < count:
+        raise TensorRTUnavailable(f"CUDA device {device_index} requested; torch sees {count} (cuda:0..{count - 1})")
     return torch.cuda.get_device_name(device_index), tuple(torch.cuda.get_device_capability(device_index))
 
 
-def make_engine_key(onnx_path: str | Path, precision: str, input_shape: tuple[int, ...]) -> EngineKey:
+def make_engine_key(
+    onnx_path: str | Path, precision: str, input_shape: tuple[int, ...], device_index: int = 0
+) -> EngineKey:
     trt = import_tensorrt()
-    name, capability = gpu_identity()
+    name, capability = gpu_identity(device_index)
     return EngineKey(
         onnx_sha256=file_sha256(onnx_path),
         tensorrt_version=str(trt.__version__),
@@ -117,8 +122,17 @@ def build_engine(
     precision: str = "fp16",
     timing_cache: str | Path | None = None,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    device_index: int = 0,
 ) -> bytes:
-    """Serialized engine for `onnx_path` at `input_shape` (optimisation profile min = opt = max)."""
+    """Serialized engine for `onnx_path` at `input_shape` (optimisation profile min = opt = max), built on CUDA
+    device `device_index` (TensorRT builds on the current device: its kernels are timed there)."""
+    import torch
+
+    with torch.cuda.device(device_index):
+        return _build_engine_here(onnx_path, input_shape, precision, timing_cache, workspace_bytes)
+
+
+def _build_engine_here(onnx_path, input_shape, precision, timing_cache, workspace_bytes) -> bytes:
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -184,10 +198,12 @@ def load_or_build_engine(
     precision: str = "fp16",
     cache_dir: str | Path | None = None,
     force_rebuild: bool = False,
+    device_index: int = 0,
 ) -> tuple[bytes, Path, bool]:
-    """(engine bytes, cache file, whether it was built now). Rebuilds when the cached file is stale or corrupt."""
+    """(engine bytes, cache file, whether it was built now) for CUDA device `device_index` (the engine is built
+    on it and keyed by its name and capability). Rebuilds when the cached file is stale or corrupt."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = make_engine_key(onnx_path, precision, input_shape)
+    key = make_engine_key(onnx_path, precision, input_shape, device_index)
     path = engine_path(cache_dir, key, onnx_path)
     if not force_rebuild:
         found = read_engine(path, key)
@@ -195,7 +211,8 @@ def load_or_build_engine(
             LOG.info("TensorRT engine from cache %s", path)
             return found.engine, path, False
         LOG.info("building TensorRT engine: %s", found.reason)
-    engine = build_engine(onnx_path, input_shape, precision, timing_cache=timing_cache_path(cache_dir, key))
+    timing_cache = timing_cache_path(cache_dir, key)
+    engine = build_engine(onnx_path, input_shape, precision, timing_cache=timing_cache, device_index=device_index)
     try:
         write_engine(path, key, engine)
         LOG.info("TensorRT engine cached at %s", path)
@@ -257,13 +274,16 @@ class TensorRTRunner:
             self._bind((1, 3, *self.fixed_hw))
 
     def _deserialize(self, shape: tuple[int, ...]):
-        engine_bytes, path, built = load_or_build_engine(self.onnx_path, shape, self.precision, self.cache_dir)
+        index = self.device.index
+        engine_bytes, path, built = load_or_build_engine(
+            self.onnx_path, shape, self.precision, self.cache_dir, device_index=index
+        )
         engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if engine is None and not built:
             # Hash-intact but unloadable (e.g. a driver update): rebuild once rather than fail.
             LOG.warning("cached engine %s does not deserialize; rebuilding", path)
             engine_bytes, path, _ = load_or_build_engine(
-                self.onnx_path, shape, self.precision, self.cache_dir, force_rebuild=True
+                self.onnx_path, shape, self.precision, self.cache_dir, force_rebuild=True, device_index=index
             )
             engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if engine is None:
@@ -271,6 +291,12 @@ class TensorRTRunner:
         return engine
 
     def _bind(self, shape: tuple[int, ...]) -> None:
+        import torch
+
+        with torch.cuda.device(self.device):  # engine, context and buffers on the runner's device, not the current
+            self._bind_here(shape)
+
+    def _bind_here(self, shape: tuple[int, ...]) -> None:
         import torch
 
         trt = self.trt
@@ -308,7 +334,7 @@ class TensorRTRunner:
             self._bind(shape)
         producer = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(producer)  # the pre-processed image is ready before the engine reads it
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             self._buffers[INPUT_NAME].copy_(image.to(self.device), non_blocking=True)
             if not self._context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log")

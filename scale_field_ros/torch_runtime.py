@@ -19,6 +19,9 @@ class TorchRunner:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("torch runtime on cuda requested but torch sees no CUDA device")
+        count = torch.cuda.device_count() if self.device.type == "cuda" else 0
+        if self.device.type == "cuda" and not (self.device.index or 0) < count:
+            raise ValueError(f"torch runtime on {self.device} requested; torch sees {count} CUDA device(s)")
         self.module = module.eval().to(self.device)
         self.half = bool(half and self.device.type == "cuda")
         self.name = f"torch-{self.device.type}" + ("-fp16" if self.half else "")

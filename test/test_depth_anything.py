@@ -127,3 +127,56 @@ def test_load_backbone_picks_runtime_and_caches_export(tmp_path, nyu):
         depth_anything.load_backbone("depth_anything_v2_small", exported[0], runtime="torch", available=cpu)
     with pytest.raises(RuntimeUnavailable, match="tensorrt"):
         depth_anything.load_backbone("depth_anything_v2_small", exported[0], runtime="tensorrt", available=cpu)
+
+
+def test_a_numbered_cuda_device_reaches_the_runners(monkeypatch, tmp_path):
+    """`device: cuda:1` runs on that GPU, not on cuda:0: torch gets the device, TensorRT and ONNX Runtime its
+    index (each runner is replaced by a recorder: this machine may have no second GPU, or none)."""
+    from scale_field_ros import graph_backbone, torch_runtime
+    from scale_field_ros.runtime_select import RuntimeAvailability
+
+    gpu = RuntimeAvailability(
+        cuda_device="Test GPU",
+        tensorrt_version="10.9.0",
+        onnxruntime_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        torch=True,
+    )
+    seen = {}
+    monkeypatch.setattr(torch_runtime, "TorchRunner", lambda module, device: seen.setdefault("torch", device))
+    monkeypatch.setattr(graph_backbone, "GraphBackbone", lambda meta, runner: runner)
+    kw = {"random_init": True, "cache_dir": tmp_path, "available": gpu, "config": tiny_config(), "device": "cuda:1"}
+    assert depth_anything.load_backbone("depth_anything_v2_small", runtime="torch", **kw) == "cuda:1"
+
+    def graph_runner(*args, **kwargs):
+        seen["graph"] = (args[1], kwargs.get("device_index", args[5] if len(args) > 5 else None))
+        return "graph"
+
+    monkeypatch.setattr(graph_backbone, "graph_backbone_on", graph_runner)
+    for runtime in ("tensorrt", "onnxruntime-cuda"):
+        assert depth_anything.load_backbone("depth_anything_v2_small", runtime=runtime, **kw) == "graph"
+        assert seen["graph"] == (runtime, 1)
+
+
+def test_onnxruntime_cuda_provider_takes_the_device_index(monkeypatch, tmp_path):
+    from scale_field_ros import graph_backbone, onnxruntime_runtime
+
+    path = depth_anything.cached_onnx(
+        "depth_anything_v2_small", None, random_init=True, cache_dir=tmp_path, config=tiny_config()
+    )
+    seen = {}
+
+    def runner(onnx_path, providers=None, threads=0):
+        seen["providers"] = providers
+        return "runner"
+
+    monkeypatch.setattr(onnxruntime_runtime, "OnnxRuntimeRunner", runner)
+    monkeypatch.setattr(graph_backbone, "GraphBackbone", lambda meta, r: r)
+    graph_backbone.graph_backbone_on(path, "onnxruntime-cuda", device_index=2)
+    assert seen["providers"] == [("CUDAExecutionProvider", {"device_id": 2}), "CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
+def test_a_cuda_device_beyond_the_last_is_refused_clearly(tiny_model):
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ValueError, match="CUDA device"):
+        TorchRunner(depth_anything.build_graph(tiny_model), missing)

@@ -13,6 +13,7 @@ from scale_field_ros.runtime_select import (
     TORCH_CUDA,
     RuntimeAvailability,
     RuntimeUnavailable,
+    device_index,
     probe_runtimes,
     select_runtime,
 )
@@ -81,3 +82,9 @@ def test_probe_reports_this_machine():
     choice = select_runtime("auto", available)
     assert choice.runtime in (TENSORRT, TORCH_CUDA, ORT_CUDA, ORT_CPU)
     assert (choice.device == "cuda") == (available.cuda_device is not None)
+
+
+def test_device_index_of_device_strings():
+    assert [device_index(d) for d in ("auto", "cpu", "cuda", "cuda:0", "cuda:3")] == [0, 0, 0, 0, 3]
+    with pytest.raises(ValueError, match="cuda:N"):
+        device_index("cuda:one")
