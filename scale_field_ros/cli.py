@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # missing or unwritable files, bad arguments or data: said, no traceback
         print(f"scale-field {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -43,6 +43,21 @@ class EvalSpec:
     seeds: int = 3
     methods: tuple[str, ...] = DEFAULT_METHODS
 
+    def __post_init__(self) -> None:
+        # every one of these would give no rows, or rows labelled with settings that were not applied
+        if not self.anchor_counts or min(self.anchor_counts) < 0:
+            raise ValueError(f"--anchors needs one or more counts >= 0, got {list(self.anchor_counts)}")
+        if len(set(self.anchor_counts)) != len(self.anchor_counts):
+            raise ValueError(f"--anchors lists a count twice: {list(self.anchor_counts)}")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+        if not self.methods:
+            raise ValueError("--methods is empty")
+        if not (np.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"--noise must be a finite std >= 0, got {self.noise}")
+        if not (0.0 <= self.outliers <= 1.0):
+            raise ValueError(f"--outliers must be a fraction in [0, 1], got {self.outliers}")
+
 
 def run(args) -> int:
     from .backbones import load_backbone
@@ -56,18 +71,26 @@ def run(args) -> int:
         seeds=args.seeds,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
     )
+    out = Path(args.json)
+    if out.is_dir():  # found now, not after the whole evaluation
+        raise ValueError(f"--json {out} is a folder; give a file name")
     backbone = load_backbone(args.backbone, args.model)
     rows = evaluate(args.data, backbone, spec, panels_dir=args.panels, basis_checkpoint=args.basis_checkpoint)
-    out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "spec": spec.__dict__}, indent=1))
+    out.write_text(json.dumps({"rows": rows, "spec": spec.__dict__}, indent=1, allow_nan=False))
     for r in rows:
+        absrel, rmse, delta1 = (_shown(r[k], digits) for k, digits in (("absrel", 4), ("rmse", 3), ("delta1", 3)))
         print(
             f"{r['dataset']:16s} {r['pattern']:8s} {r['anchors']:5d} {r['method']:9s} "
-            f"absrel {r['absrel']:.4f} rmse {r['rmse']:.3f} delta1 {r['delta1']:.3f}",
+            f"absrel {absrel} rmse {rmse} delta1 {delta1}",
             file=sys.stderr,
         )
     return 0
+
+
+def _shown(value: float | None, digits: int) -> str:
+    """A metric for the summary; n/a where nothing was left to score (more anchors than valid pixels)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def method_functions(methods, pipeline_config=None):
@@ -97,6 +120,8 @@ def evaluate(
     from .patterns import Pattern, draw_anchors, supports
 
     fns, base_cfg, pipeline_cls = method_functions(spec.methods, pipeline_config)
+    if panels_dir and "field" not in fns:
+        raise ValueError("--panels shows the field's scale and error: add field to --methods")
     pattern = Pattern(spec.pattern)
     learned = None
     if "field_learned" in fns:
@@ -114,6 +139,7 @@ def evaluate(
         if learned is not None:
             pipes["field_learned"] = pipeline_cls(None, cfg, bases_fn=learned)
         acc: dict[tuple[int, str], list[DepthMetrics]] = {}
+        drawn: dict[int, list[int]] = {}
         for fi in range(len(ds)):
             frame = ds.frame(fi)
             if not supports(frame, pattern):
@@ -122,6 +148,7 @@ def evaluate(
             for n in spec.anchor_counts:
                 for s in range(spec.seed, spec.seed + spec.seeds):
                     draw = draw_anchors(frame, pattern, n, seed=s * 7919 + fi, noise=spec.noise, outliers=spec.outliers)
+                    drawn.setdefault(n, []).append(len(draw.anchors))
                     mask = evaluation_mask(draw.truth_depth_m, cfg.min_depth_m, ds.max_depth_m, draw.anchors)
                     preds = {}
                     res = None
@@ -134,7 +161,7 @@ def evaluate(
                             preds[name] = fn(out, draw.anchors, cfg.min_depth_m, ds.max_depth_m)
                         scored = compute_metrics(preds[name], draw.truth_depth_m, mask, caps)
                         acc.setdefault((n, name), []).append(scored)
-                    if panels_dir and s == spec.seed and n == spec.anchor_counts[-1] and "field" in fns:
+                    if panels_dir and s == spec.seed and n == spec.anchor_counts[-1]:
                         from .panels import write_panel
 
                         write_panel(
@@ -147,10 +174,14 @@ def evaluate(
                             mask,
                             ds.max_depth_m,
                         )
+        if not acc:
+            raise ValueError(f"{d}: no frame has the data the {pattern.value} pattern needs")
         for (n, name), ms in acc.items():
             row = {"dataset": ds.name, "pattern": pattern.value, "anchors": n, "method": name, "samples": len(ms)}
+            row["anchors_drawn"] = float(np.mean(drawn[n]))  # fewer than asked where the data has fewer
             for key in DepthMetrics.names():
                 vals = np.array([getattr(m, key) for m in ms], np.float64)
-                row[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+                vals = vals[np.isfinite(vals)]  # draws that left nothing to score do not count
+                row[key] = float(vals.mean()) if vals.size else None
             rows.append(row)
     return rows

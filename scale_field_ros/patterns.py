@@ -79,13 +79,14 @@ def _scan_lines(valid: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np
     n_lines = int(np.clip(round(np.sqrt(n / 4.0)), 2, 64))
     lo, hi = rows_valid[0], rows_valid[-1]
     step = (hi - lo + 1) / n_lines
-    line_rows = np.unique(np.clip((lo + (np.arange(n_lines) + rng.uniform(0.2, 0.8)) * step).astype(int), lo, hi))
+    line_rows = np.clip((lo + (np.arange(n_lines) + rng.uniform(0.2, 0.8)) * step).astype(int), lo, hi)
+    # each line on the nearest row with ground truth (sparse ground truth may leave a chosen row empty)
+    nearest = np.abs(rows_valid[:, None] - line_rows[None, :]).argmin(axis=0)
+    line_rows = np.unique(rows_valid[nearest])
     per_line = int(np.ceil(n / len(line_rows)))
     rr, cc = [], []
     for r in line_rows:
         cols = np.flatnonzero(valid[r])
-        if cols.size == 0:
-            continue
         take = np.unique(np.linspace(0, cols.size - 1, min(per_line, cols.size)).round().astype(int))
         rr.append(np.full(take.size, r))
         cc.append(cols[take])

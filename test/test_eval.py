@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
+import pytest
 from field_backbone import backbone
 
 from scale_field_ros.cli import build_parser
@@ -61,3 +64,63 @@ def test_cli_contract_parses():
         ]
     )
     assert args.data == ["a", "b"] and args.pattern == "lidar" and args.seeds == 2 and args.panels == "p"
+
+
+def _eval(tmp_path, *extra: str, data: str = "kitti_lidar") -> tuple[int, str]:
+    """`scale-field eval` in this process: (exit code, what it printed to stderr)."""
+    import contextlib
+    import io
+
+    from scale_field_ros.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["eval", "--data", str(shared_root() / "data" / data), "--json", str(tmp_path / "o.json"), *extra])
+    return code, err.getvalue()
+
+
+def test_more_anchors_than_points_give_null_metrics_not_a_crash(tmp_path):
+    # the KITTI frame has ~17k LiDAR points in view: 100000 asked leaves none held out to score
+    code, err = _eval(tmp_path, "--pattern", "native", "--anchors", "100000", "--seeds", "1", "--methods", "ga_inv")
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "o.json").read_text())["rows"]
+    assert row["absrel"] is None and row["anchors_drawn"] < 100000
+    assert "absrel n/a" in err
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (("--seeds", "0"), "--seeds"),
+        (("--methods", ","), "--methods"),
+        (("--anchors", ","), "--anchors"),
+        (("--anchors", "10,10"), "twice"),
+        (("--noise", "-0.5"), "--noise"),
+        (("--noise", "nan"), "--noise"),
+        (("--outliers", "1.5"), "--outliers"),
+        (("--pattern", "uniform"), "uniform pattern"),  # kitti_lidar has no dense ground truth
+        (("--methods", "median", "--panels", "p"), "add field"),
+    ],
+)
+def test_arguments_that_would_give_no_rows_or_mislabelled_ones_are_refused(tmp_path, extra, says):
+    code, err = _eval(tmp_path, "--pattern", "native", "--seeds", "1", "--anchors", "50", *extra)
+    assert code == 2 and says in err and "Traceback" not in err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_a_folder_for_json_is_refused_before_the_evaluation(tmp_path):
+    (tmp_path / "o.json").mkdir()
+    code, err = _eval(tmp_path, "--pattern", "native", "--seeds", "1")
+    assert code == 2 and "is a folder" in err
+
+
+def test_lidar_lines_land_on_rows_with_ground_truth():
+    # ground truth on two rows only (a sparse scan): every line is moved to one of them, none is lost
+    from scale_field_ros.datasets import load_dataset
+    from scale_field_ros.patterns import draw_anchors
+
+    frame = load_dataset(shared_root() / "data" / "nyu").frame(0)
+    sparse = np.zeros_like(frame.depth_m)
+    sparse[[100, 400]] = frame.depth_m[[100, 400]]
+    draw = draw_anchors(dataclasses.replace(frame, depth_m=sparse), "lidar", 200, seed=0)
+    assert len(draw.anchors) == 200 and set(np.unique(draw.anchors.v).tolist()) == {100.0, 400.0}
