@@ -22,6 +22,10 @@ def test_rows_cover_every_method_and_count(tmp_path):
     for r in rows:
         assert r["dataset"] == "nyu" and r["pattern"] == "vio" and r["samples"] == 3
         assert 0 < r["absrel"] < 1 and 0 < r["delta1"] <= 1 and r["rmse"] > 0
+    by = {(r["anchors"], r["method"]): r for r in rows}
+    for m in spec.methods:  # the anchor pixels are not scored: more anchors, fewer pixels
+        assert by[100, m]["n_pixels"] < by[20, m]["n_pixels"]
+    assert by[100, "field"]["absrel"] < by[100, "ga_inv"]["absrel"]
     assert len(list(tmp_path.glob("*.png"))) == 3
     json.dumps({"rows": rows})
 
@@ -32,6 +36,8 @@ def test_native_pattern_scores_on_held_out_lidar():
         data, backbone(), EvalSpec(anchor_counts=(200,), pattern="native", seeds=1, methods=("ga_inv", "field"))
     )
     assert len(rows) == 2 and all(r["n_pixels"] > 1000 for r in rows)
+    field, ga = (next(r for r in rows if r["method"] == m) for m in ("field", "ga_inv"))
+    assert field["absrel"] < ga["absrel"]
 
 
 def test_cli_contract_parses():
