@@ -100,9 +100,15 @@ def load_backbone(
     is_onnx = path.suffix.lower() == ".onnx"
     graph_file = is_onnx and _is_graph_onnx(path)
     # FastDepth's own ONNX export runs in ONNX Runtime on the CPU; an exported graph (with its metadata) on any
-    # ONNX-based runtime; the TFLite weights in torch, or on the GPU runtimes as a graph exported on first use.
+    # ONNX-based runtime (TensorRT only without bases); the TFLite weights in torch, or on the GPU runtimes as a
+    # graph exported on first use.
     if graph_file:
-        supported = (TENSORRT, ORT_CUDA, ORT_CPU)
+        from .graph_backbone import graph_runtimes, refuse_tensorrt_for_bases
+        from .onnxruntime_runtime import read_graph_meta
+
+        meta = read_graph_meta(path)
+        refuse_tensorrt_for_bases(meta, runtime)
+        supported = graph_runtimes(meta)
     else:
         supported = (ORT_CPU,) if is_onnx else (TENSORRT, TORCH_CUDA, ORT_CUDA, ORT_CPU, TORCH_CPU)
     if is_onnx and not graph_file and runtime not in ("auto", "onnxruntime", ORT_CPU):

@@ -328,7 +328,14 @@ def load_backbone(
 
     variant(name)
     onnx_given = model_path is not None and str(model_path).endswith(".onnx")
-    supported = (rs.TENSORRT, rs.ORT_CUDA, rs.ORT_CPU) if onnx_given else rs.AUTO_ORDER[:-1]
+    supported = rs.AUTO_ORDER[:-1]
+    if onnx_given:
+        from scale_field_ros.graph_backbone import graph_runtimes, refuse_tensorrt_for_bases
+        from scale_field_ros.onnxruntime_runtime import read_graph_meta
+
+        given_meta = read_graph_meta(model_path)
+        refuse_tensorrt_for_bases(given_meta, runtime)
+        supported = graph_runtimes(given_meta)
     available = available if available is not None else rs.probe_runtimes()
     choice = rs.select_runtime(runtime, available, supported, device)
     logging.getLogger(__name__).info("%s backbone runtime: %s", name, choice.reason)

@@ -244,6 +244,26 @@ class GraphBackbone:
         )
 
 
+TENSORRT_WITH_BASES = (
+    "the graph was exported with its bases (scale-field export --bases analytic), which TensorRT cannot build: "
+    "they sort whole rows and TensorRT's TopK stops at k = 3840; export with --bases none for TensorRT (the bases "
+    "are then built on the CPU), or run this file on onnxruntime"
+)
+
+
+def graph_runtimes(meta: GraphMeta) -> tuple[str, ...]:
+    """The runtimes that can run an exported graph: ONNX Runtime always, TensorRT only without the bases."""
+    from scale_field_ros import runtime_select as rs
+
+    return (rs.ORT_CUDA, rs.ORT_CPU) if meta.basis_names else (rs.TENSORRT, rs.ORT_CUDA, rs.ORT_CPU)
+
+
+def refuse_tensorrt_for_bases(meta: GraphMeta, runtime: str) -> None:
+    """ValueError with the reason when TensorRT is asked for a graph with bases (`runtime` a request or a choice)."""
+    if meta.basis_names and str(runtime).startswith("tensorrt"):
+        raise ValueError(TENSORRT_WITH_BASES)
+
+
 def graph_backbone_on(
     onnx_path, runtime: str, threads: int = 0, precision: str = "fp16", cache_dir=None, device_index: int = 0
 ) -> GraphBackbone:
@@ -254,6 +274,7 @@ def graph_backbone_on(
     from scale_field_ros.onnxruntime_runtime import OnnxRuntimeRunner, read_graph_meta
 
     meta = read_graph_meta(onnx_path)
+    refuse_tensorrt_for_bases(meta, runtime)
     if runtime == rs.TENSORRT:
         from scale_field_ros.tensorrt_runtime import TensorRTRunner
 

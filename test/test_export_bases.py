@@ -189,3 +189,22 @@ def test_gpu_runtimes_get_fastdepth_as_a_cached_graph(tmp_path, monkeypatch):
     assert plain != path and not read_graph_meta(plain).basis_names
     assert "TopK" in {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "TopK" not in {n.op_type for n in onnx.load(str(plain)).graph.node}
+
+
+def test_a_graph_with_bases_is_kept_off_tensorrt_with_the_reason(fastdepth_onnx):
+    """TensorRT cannot build the bases (TopK stops at k = 3840): `auto` on a machine with TensorRT takes ONNX Runtime
+    for such a file, and asking for TensorRT says why and what to export instead, before any build."""
+    from scale_field_ros.backbones import load_backbone
+    from scale_field_ros.graph_backbone import graph_backbone_on
+    from scale_field_ros.runtime_select import RuntimeAvailability
+
+    gpu = RuntimeAvailability(
+        cuda_device="Test GPU", tensorrt_version="10.9.0", onnxruntime_providers=("CPUExecutionProvider",), torch=True
+    )
+    assert load_backbone("fastdepth", fastdepth_onnx, available=gpu).runtime == "onnxruntime-cpu"
+    for call in (
+        lambda: load_backbone("fastdepth", fastdepth_onnx, runtime="tensorrt", available=gpu),
+        lambda: graph_backbone_on(fastdepth_onnx, "tensorrt"),
+    ):
+        with pytest.raises(ValueError, match="--bases none"):
+            call()
