@@ -150,7 +150,7 @@ def blend_scale_only(est: FieldEstimate, bases: BasisSet, min_depth_m: float, ma
     g = (bases.family if bases.family is not None else bases).inv_rel
     depth_med = np.multiply(g, np.float32(blend.scale))
     np.clip(depth_med, np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m), out=depth_med)
-    np.reciprocal(depth_med, out=depth_med)
+    np.divide(1.0, depth_med, out=depth_med)  # not np.reciprocal: see NumpyOps.reciprocal
     var = np.square(est.std_m, out=est.std_m)
     var *= np.float32(1.0 - w)
     tmp = np.multiply(depth_med, np.float32(blend.rel_rms * np.sqrt(w)))
@@ -159,7 +159,7 @@ def blend_scale_only(est: FieldEstimate, bases: BasisSet, min_depth_m: float, ma
     depth = est.depth_m
     depth -= np.multiply(spread, np.float32(w), out=depth_med)  # (1 - w) field + w median
     var += np.square(spread, out=spread) * np.float32(w * (1.0 - w))
-    inv = np.reciprocal(depth, out=est.inv_depth)
+    inv = np.divide(1.0, depth, out=est.inv_depth)
     return FieldEstimate(depth, np.sqrt(var, out=var), np.divide(inv, bases.inv_rel, out=est.scale_field), inv)
 
 
