@@ -157,6 +157,8 @@ class FrameProcessor:
             return [("bad_odom", f"odometry refused: {exc}")]
         if not np.all(np.isfinite(T_world_body)):
             return [("bad_odom", "odometry refused: pose holds NaN or inf")]
+        if not np.isfinite(stamp_s):
+            return [("bad_odom", f"odometry refused: stamp {stamp_s} is not finite")]
         latest = self.latest_image_stamp_s
         if latest is not None and stamp_s > latest + self.settings.anchor_max_future:
             # as for anchors: one stamp far ahead would prune the whole pose history behind it
