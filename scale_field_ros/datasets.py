@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,9 @@ from .camera import Intrinsics, as_transform
 INDOOR_MAX_DEPTH_M = 10.0
 OUTDOOR_MAX_DEPTH_M = 80.0
 MIN_EVAL_DEPTH_M = 1e-3
+REQUIRED_FRAME_KEYS = ("id", "rgb", "K")
+# A .bin without `lidar_format` is read as KITTI's Velodyne layout (what shared/data holds).
+DEFAULT_LIDAR_FORMAT = "float32 x,y,z,intensity"
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class Dataset:
 
     @property
     def outdoor(self) -> bool:
-        return "outdoor" in self.kind or "driving" in self.kind
+        kind = self.kind.lower()  # free text: "Outdoor driving" is as outdoor as "outdoor driving"
+        return "outdoor" in kind or "driving" in kind
 
     @property
     def max_depth_m(self) -> float:
@@ -57,18 +64,26 @@ class Dataset:
         fx, fy, cx, cy = (float(x) for x in meta["K"])
         depth = None
         if "depth" in meta:
-            raw = cv2.imread(str(self.root / meta["depth"]), cv2.IMREAD_UNCHANGED)
+            path = self.root / meta["depth"]
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if raw is None:
-                raise FileNotFoundError(f"cannot read depth image {self.root / meta['depth']}")
+                raise FileNotFoundError(f"cannot read depth image {path}")
+            # an 8-bit or float image divided by depth_scale would be silently wrong ground truth
+            if raw.dtype != np.uint16 or raw.ndim != 2:
+                raise ValueError(
+                    f"{path}: depth must be a single-channel uint16 PNG (metres = value / depth_scale), "
+                    f"got {raw.dtype} with shape {raw.shape}"
+                )
             depth = raw.astype(np.float32) / float(meta.get("depth_scale", 1000.0))
             if depth.shape != (h, w):
-                raise ValueError(f"{self.root / meta['depth']}: depth {depth.shape} differs from rgb {(h, w)}")
+                raise ValueError(f"{path}: depth {depth.shape} differs from rgb {(h, w)}")
         lidar = None
         if "lidar" in meta:
-            rec = np.fromfile(self.root / meta["lidar"], dtype=np.float32)
-            if rec.size % 4:
-                raise ValueError(f"{self.root / meta['lidar']}: size is not a multiple of 4 float32")
-            lidar = rec.reshape(-1, 4)[:, :3].copy()
+            path, fmt = self.root / meta["lidar"], meta.get("lidar_format", DEFAULT_LIDAR_FORMAT)
+            n, size = lidar_fields(fmt, str(path)), path.stat().st_size
+            if size % (4 * n):  # a truncated or mis-declared file would shift every point
+                raise ValueError(f"{path}: size {size} B is not a multiple of the {4 * n} B record of {fmt!r}")
+            lidar = np.fromfile(path, dtype=np.float32).reshape(-1, n)[:, :3].copy()
         return Frame(
             dataset=self.name,
             frame_id=str(meta["id"]),
@@ -93,16 +108,68 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
+def lidar_fields(fmt: object, where: str) -> int:
+    """float32 values a LiDAR record holds, from a `lidar_format` such as 'float32 x,y,z,intensity (Velodyne)'."""
+    m = re.fullmatch(r"\s*float32\s+([\w\s,]+?)\s*(\(.*\))?\s*", fmt) if isinstance(fmt, str) else None
+    fields = [f.strip().lower() for f in m.group(1).split(",")] if m else []
+    if fields[:3] != ["x", "y", "z"] or not all(fields):
+        raise ValueError(
+            f"{where}: lidar_format {fmt!r} is not supported; expected float32 fields starting with x,y,z, "
+            "e.g. 'float32 x,y,z,intensity' or 'float32 x,y,z'"
+        )
+    return len(fields)
+
+
+def _check_frame(meta: object, where: str) -> None:
+    """A frame entry has what `Dataset.frame` reads, so a bad manifest is a ValueError, not a KeyError later."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where} must be an object with id, rgb and K, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_FRAME_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{where} has no {', '.join(missing)} (every frame needs {', '.join(REQUIRED_FRAME_KEYS)})")
+    if not isinstance(meta["id"], str | int) or isinstance(meta["id"], bool) or str(meta["id"]) == "":
+        raise ValueError(f"{where}: id must be a non-empty string or an integer, got {meta['id']!r}")
+    for key in ("rgb", "depth", "lidar"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ValueError(f"{where}: {key} must be a file path relative to the manifest, got {meta[key]!r}")
+    try:
+        K = np.asarray(meta["K"], dtype=np.float64)
+    except (TypeError, ValueError):
+        K = np.empty(0)
+    if K.shape != (4,) or not np.all(np.isfinite(K)) or K[0] <= 0 or K[1] <= 0:
+        raise ValueError(f"{where}: K must be 4 finite numbers [fx, fy, cx, cy] with fx, fy > 0, got {meta['K']!r}")
+    scale = meta.get("depth_scale", 1000.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{where}: depth_scale must be a finite number > 0 (value per metre), got {scale!r}")
+    if "lidar" in meta:
+        lidar_fields(meta.get("lidar_format", DEFAULT_LIDAR_FORMAT), where)
+
+
 def load_dataset(root: str | Path) -> Dataset:
     root = Path(root)
     manifest = root / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{root} is not a dataset folder: no manifest.json (see shared/data/README.md)")
-    meta = json.loads(manifest.read_text())
-    frames = tuple(meta.get("frames", ()))
+    try:
+        meta = json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{manifest} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{manifest} must be a JSON object with a frames list, got {type(meta).__name__}")
+    frames = meta.get("frames", ())
+    if not isinstance(frames, list | tuple):
+        raise ValueError(f"{manifest}: frames must be a list of frame objects, got {type(frames).__name__}")
     if not frames:
         raise ValueError(f"{manifest} lists no frames")
-    return Dataset(name=str(meta.get("name", root.name)), kind=str(meta.get("kind", "")), root=root, frames_meta=frames)
+    for i, frame in enumerate(frames):
+        _check_frame(frame, f"{manifest} frames[{i}]")
+    # outputs are named by frame id: a repeated id would overwrite another frame's files
+    repeated = sorted(i for i, n in Counter(str(f["id"]) for f in frames).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{manifest}: frame ids must be unique; repeated: {', '.join(repeated)}")
+    return Dataset(
+        name=str(meta.get("name", root.name)), kind=str(meta.get("kind", "")), root=root, frames_meta=tuple(frames)
+    )
 
 
 def shared_root() -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ LIDAR_FRAME = "velodyne"
 WORLD_FRAME = "world"
 TF_STATIC = "/tf_static"
 DEFAULT_START_S = 1_700_000_000  # a plausible wall-clock epoch, fixed so bags are reproducible
+STAMP_LIMIT_NS = 2**31 * 10**9  # builtin_interfaces/Time.sec is an int32
 ANCHOR_MODES = ("native", "lidar", "vio")
 DEFAULT_TOPICS = CameraBagTopics()
 
@@ -83,6 +85,17 @@ def _rate(name: str, value: float) -> float:
     return float(value)
 
 
+def start_ns(start_s: float | str | Decimal) -> int:
+    """--start-s in whole ns, exact to its decimal digits (start_s * 1e9 in float64 is off by up to 128 ns)."""
+    try:
+        s = Decimal(str(start_s).strip())  # str of a float is its shortest repr: the decimal the user wrote
+    except InvalidOperation:
+        s = Decimal("nan")
+    if not (s.is_finite() and 0 <= s < 2**31):
+        raise ValueError(f"start-s must be a number of seconds in [0, 2**31) (an int32 ROS stamp), got {start_s}")
+    return int((s * 10**9).to_integral_value())
+
+
 def make_bag(
     data_dir: str | Path,
     out: str | Path,
@@ -91,7 +104,7 @@ def make_bag(
     anchor_rate_hz: float = 10.0,
     storage: str = "mcap",
     repeat: int = 1,
-    start_s: float = DEFAULT_START_S,
+    start_s: float | str | Decimal = DEFAULT_START_S,
     overwrite: bool = False,
     topics: CameraBagTopics = DEFAULT_TOPICS,
     anchor_count: int | None = None,
@@ -104,6 +117,7 @@ def make_bag(
     """
     from .datasets import load_dataset  # imports OpenCV; kept out of `scale-field --help`
 
+    t0_ns = start_ns(start_s)
     rate_hz = _rate("rate-hz", rate_hz)
     anchor_rate_hz = _rate("anchor-rate-hz", anchor_rate_hz)
     if repeat < 1:
@@ -129,20 +143,21 @@ def make_bag(
     images = [rgb8_image_fields(f.rgb) for f in frames]
     infos = [camera_info_fields(f.intrinsics) for f in frames]
 
-    start_ns = int(round(start_s * 1e9))
     n_images = len(frames) * repeat
-    image_ns = [start_ns + int(round(i * 1e9 / rate_hz)) for i in range(n_images)]
+    image_ns = [t0_ns + int(round(i * 1e9 / rate_hz)) for i in range(n_images)]
     # Anchors at their own rate, each from the latest image at or before its stamp (as a sensor would see it).
     # tolerance: image stamps are rounded to whole ns, so k/rate can land a fraction of a ns short
-    n_anchor_msgs = int(math.floor((image_ns[-1] - start_ns) * 1e-9 * anchor_rate_hz + 1e-6)) + 1
-    anchor_ns = [start_ns + int(round(j * 1e9 / anchor_rate_hz)) for j in range(n_anchor_msgs)]
+    n_anchor_msgs = int(math.floor((image_ns[-1] - t0_ns) * 1e-9 * anchor_rate_hz + 1e-6)) + 1
+    anchor_ns = [t0_ns + int(round(j * 1e9 / anchor_rate_hz)) for j in range(n_anchor_msgs)]
+    if max(image_ns[-1], anchor_ns[-1]) >= STAMP_LIMIT_NS:
+        raise ValueError(f"the last stamp passes 2**31 s (an int32 ROS stamp); start-s {start_s} is too late")
     anchor_image = np.searchsorted(np.asarray(image_ns), np.asarray(anchor_ns), side="right") - 1
 
     factory = MessageFactory()
     events: list[tuple[int, int, str, object]] = []  # (stamp, order, topic, message) - sorted below
     if anchors == "native":
-        tf = factory.tf(start_ns, CAMERA_FRAME, LIDAR_FRAME, frames[0].T_cam_lidar)
-        events.append((start_ns, 0, TF_STATIC, tf))
+        tf = factory.tf(t0_ns, CAMERA_FRAME, LIDAR_FRAME, frames[0].T_cam_lidar)
+        events.append((t0_ns, 0, TF_STATIC, tf))
     for i, t in enumerate(image_ns):
         k = i % len(frames)
         events.append((t, 1, topics.camera_info, factory.camera_info(t, CAMERA_FRAME, infos[k])))
@@ -188,7 +203,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-rate-hz", type=float, default=10.0, help="anchor cloud rate (default 10)")
     parser.add_argument("--format", choices=STORAGE_FORMATS, default="mcap", help="rosbag2 storage (default mcap)")
     parser.add_argument("--repeat", type=int, default=1, help="play the frame list this many times (default 1)")
-    parser.add_argument("--start-s", type=float, default=DEFAULT_START_S, help="stamp of the first message, s")
+    # kept as text: make_bag turns its decimal digits into exact ns and refuses what an int32 stamp cannot hold
+    parser.add_argument(
+        "--start-s", default=DEFAULT_START_S, help="stamp of the first message, s, in [0, 2**31) (default 1.7e9)"
+    )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 

@@ -385,7 +385,7 @@ class DataRunSummary:
     anchors_per_frame: float
     wall_s: float
     fps: float
-    metrics: dict[str, float] | None  # mean over frames with ground truth, None without any
+    metrics: dict[str, float | None] | None  # mean over frames with ground truth (None where undefined)
 
     def text(self) -> str:
         line = (
@@ -393,9 +393,18 @@ class DataRunSummary:
             f"{self.wall_s:.1f} s ({self.fps:.1f} frames/s)"
         )
         if self.metrics:
-            m = self.metrics
-            line += f"\nmetrics.json: AbsRel {m['absrel']:.4f}, RMSE {m['rmse']:.3f} m, delta1 {m['delta1']:.3f}"
+            m = self.metrics  # a metric is None where no frame had evaluable pixels
+            a, r, d = (
+                "n/a" if m[k] is None else format(m[k], f)
+                for k, f in (("absrel", ".4f"), ("rmse", ".3f"), ("delta1", ".3f"))
+            )
+            line += f"\nmetrics.json: AbsRel {a}, RMSE {r} m, delta1 {d}"
         return line
+
+
+def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    """Metrics as strict JSON: NaN/inf (e.g. no evaluable pixels) become null."""
+    return {k: float(v) if np.isfinite(v) else None for k, v in values.items()}
 
 
 def depth_png_mm(depth_m: np.ndarray) -> np.ndarray:
@@ -495,7 +504,7 @@ def run_dataset(
             if have_truth:
                 mask = evaluation_mask(truth, config.min_depth_m, cap, anchors)
                 metrics = compute_metrics(result.depth_m, truth, mask, (config.min_depth_m, cap))
-                rows.append({"frame": name, "anchors": len(anchors), **metrics.as_dict()})
+                rows.append({"frame": name, "anchors": len(anchors), **finite_or_none(metrics.as_dict())})
             else:
                 truth = np.zeros_like(result.depth_m)
                 mask = np.zeros(truth.shape, bool)
@@ -503,7 +512,13 @@ def run_dataset(
         wall = time.perf_counter() - t0
         mean = None
         if rows:
-            mean = {k: float(np.nanmean([r[k] for r in rows])) for k in DepthMetrics.names()}
+            # mean over the frames where a metric is defined; null where none is (a frame with no evaluable
+            # pixels gives NaN metrics, which are not JSON, and np.nanmean of all-NaN warns)
+            names = DepthMetrics.names()
+            values = np.array([[r[k] for k in names] for r in rows], np.float64)  # null -> NaN
+            ok = np.isfinite(values)
+            counts = np.where(ok.any(axis=0), ok.sum(axis=0), np.nan)  # NaN (then null) where no frame has it
+            mean = finite_or_none(dict(zip(names, np.where(ok, values, 0.0).sum(axis=0) / counts, strict=True)))
             doc = {
                 "dataset": ds.name,
                 "pattern": pattern,
@@ -512,7 +527,7 @@ def run_dataset(
                 "mean": mean,
                 "frames": rows,
             }
-            (tmp / "metrics.json").write_text(json.dumps(doc, indent=1))
+            (tmp / "metrics.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
         commit()
     finally:
         if tmp.exists():
