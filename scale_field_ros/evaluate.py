@@ -61,6 +61,7 @@ class EvalSpec:
 
 def run(args) -> int:
     from .backbones import load_backbone
+    from .metrics import shown
 
     spec = EvalSpec(
         anchor_counts=tuple(int(x) for x in args.anchors.split(",") if x.strip()),
@@ -79,18 +80,13 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "spec": spec.__dict__}, indent=1, allow_nan=False))
     for r in rows:
-        absrel, rmse, delta1 = (_shown(r[k], digits) for k, digits in (("absrel", 4), ("rmse", 3), ("delta1", 3)))
+        absrel, rmse, delta1 = (shown(r[k], digits) for k, digits in (("absrel", 4), ("rmse", 3), ("delta1", 3)))
         print(
             f"{r['dataset']:16s} {r['pattern']:8s} {r['anchors']:5d} {r['method']:9s} "
             f"absrel {absrel} rmse {rmse} delta1 {delta1}",
             file=sys.stderr,
         )
     return 0
-
-
-def _shown(value: float | None, digits: int) -> str:
-    """A metric for the summary; n/a where nothing was left to score (more anchors than valid pixels)."""
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def method_functions(methods, pipeline_config=None):

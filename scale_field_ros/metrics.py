@@ -98,3 +98,8 @@ def compute_metrics(
         irmse=float(np.sqrt(np.mean((1000.0 / pred - 1000.0 / gt) ** 2))),
         n_pixels=n,
     )
+
+
+def shown(value: float | None, digits: int) -> str:
+    """A metric for a printed summary: n/a where it is undefined (no pixel was left to score)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"

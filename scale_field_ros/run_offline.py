@@ -393,11 +393,10 @@ class DataRunSummary:
             f"{self.wall_s:.1f} s ({self.fps:.1f} frames/s)"
         )
         if self.metrics:
+            from .metrics import shown
+
             m = self.metrics  # a metric is None where no frame had evaluable pixels
-            a, r, d = (
-                "n/a" if m[k] is None else format(m[k], f)
-                for k, f in (("absrel", ".4f"), ("rmse", ".3f"), ("delta1", ".3f"))
-            )
+            a, r, d = (shown(m[k], digits) for k, digits in (("absrel", 4), ("rmse", 3), ("delta1", 3)))
             line += f"\nmetrics.json: AbsRel {a}, RMSE {r} m, delta1 {d}"
         return line
 
