@@ -127,6 +127,9 @@ def evaluate(
 
         learned = LearnedBases.from_checkpoint(basis_checkpoint, getattr(backbone, "name", None))
     rows = []
+    names = [load_dataset(d).name for d in data_dirs]
+    if len(set(names)) != len(names):  # rows are keyed by dataset name: two of one name could not be told apart
+        raise ValueError(f"--data folders must have distinct dataset names, got {names}")
     for d in data_dirs:
         ds = load_dataset(d)
         cfg = dataclasses.replace(base_cfg, max_depth_m=ds.max_depth_m)

@@ -132,6 +132,9 @@ def make_bag(
         raise ValueError(f"unknown anchors {anchors!r}; expected one of {', '.join(ANCHOR_MODES)}")
     if anchors == "native" and any(f.lidar_points is None or f.T_cam_lidar is None for f in frames):
         raise ValueError(f"dataset {dataset.name} has no LiDAR points with T_cam_lidar; use --anchors lidar or vio")
+    if anchors == "native" and any(not np.array_equal(f.T_cam_lidar, frames[0].T_cam_lidar) for f in frames):
+        # one /tf_static transform serves the whole bag: frames with their own extrinsics would be misplaced
+        raise ValueError(f"dataset {dataset.name}: frames differ in T_cam_lidar; a bag holds one static transform")
     if anchors != "native" and any(f.depth_m is None for f in frames):
         raise ValueError(f"dataset {dataset.name} has no ground-truth depth to sample; use --anchors native")
 

@@ -163,3 +163,24 @@ def test_make_bag_start_s_range_and_exact_stamps(tmp_path, capsys):
     assert next(bagio.read_messages(out, ["/camera/image"])).stamp_ns == 1_700_000_000_250_000_000
     make_bag(root, out, start_s=1700000000.25, overwrite=True)
     assert next(bagio.read_messages(out, ["/camera/image"])).stamp_ns == 1_700_000_000_250_000_000
+
+
+def test_native_bag_refuses_frames_with_their_own_extrinsics(tmp_path):
+    # one /tf_static transform serves the whole bag: a second frame with other extrinsics would be misplaced
+    def second_frame_moved(meta):
+        moved = dict(meta["frames"][0], id="moved")
+        T = np.array(moved["T_cam_lidar"], np.float64).reshape(4, 4)
+        T[0, 3] += 0.5
+        moved["T_cam_lidar"] = T.tolist()
+        meta["frames"].append(moved)
+
+    root = copy_dataset("kitti_lidar", tmp_path, edit=second_frame_moved)
+    with pytest.raises(ValueError, match="differ in T_cam_lidar"):
+        make_bag(root, tmp_path / "b.mcap", anchors="native")
+
+
+def test_eval_refuses_two_folders_of_one_dataset_name(tmp_path):
+    root = copy_dataset("kitti_lidar", tmp_path)
+    out = tmp_path / "o.json"
+    args = ["eval", "--data", str(root), str(dataset_dir("kitti_lidar")), "--pattern", "native", "--json", str(out)]
+    assert cli_main(args) == 2 and not out.exists()
