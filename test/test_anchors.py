@@ -40,8 +40,16 @@ def test_zbuffer_keeps_nearest_point_per_pixel(kitti_lidar):
         1,
     ) * (a.depth_m[0] + 10)
     both = np.vstack([pts_cam, pts_cam / (a.depth_m[0] + 10) * a.depth_m[0]])
-    b = anchors_from_points(both, np.eye(4), frame.intrinsics, 0.5, 80.0)
-    assert len(b) == 1 and np.isclose(b.depth_m[0], a.depth_m[0], rtol=1e-4)
+    for order in ([0, 1], [1, 0]):  # far point first, then near point first: the near one wins either way
+        b = anchors_from_points(both[order], np.eye(4), frame.intrinsics, 0.5, 80.0)
+        assert len(b) == 1 and np.isclose(b.depth_m[0], a.depth_m[0], rtol=1e-4), order
+    # the nearest, not the first or the last of the scan: the same pixels and depths whatever the points' order
+    # (about a hundred pixels of this scan hold more than one point)
+    n = len(frame.lidar_points)
+    for order in (np.arange(n)[::-1], np.random.default_rng(0).permutation(n)):
+        c = anchors_from_points(frame.lidar_points[order], frame.T_cam_lidar, frame.intrinsics, 0.5, 80.0)
+        np.testing.assert_array_equal(c.pixel_index(frame.intrinsics.width), pix)
+        np.testing.assert_array_equal(c.depth_m, a.depth_m)
 
 
 def test_points_behind_outside_or_not_finite_are_dropped():

@@ -30,6 +30,20 @@ def test_inverse_alignment_and_scaffold_are_exact_on_affine_input(nyu):
     assert compute_metrics(BASELINES["ga_depth"](out, draw.anchors, 0.1, 10.0), frame.depth_m, mask).absrel > 0.005
 
 
+def test_median_scaling_is_exact_on_scaled_input_even_with_outliers(nyu):
+    # without a shift every anchor gives the same ratio: the median is the scale (AbsRel measured 1e-7, float32),
+    # and with 10 % of the anchors gross outliers the median of the rest still is
+    frame = nyu.frame(0)
+    out = _affine_relative(frame, shift=0.0)
+    for outliers in (0.0, 0.1):
+        draw = draw_anchors(frame, "uniform", 100, seed=3, outliers=outliers)
+        truth = frame.depth_m[np.round(draw.anchors.v).astype(int), np.round(draw.anchors.u).astype(int)]
+        assert np.sum(np.abs(draw.anchors.depth_m / truth - 1) > 0.01) == round(100 * outliers)
+        mask = evaluation_mask(frame.depth_m, 1e-3, 10.0, draw.anchors)
+        m = compute_metrics(BASELINES["median"](out, draw.anchors, 0.1, 10.0), frame.depth_m, mask)
+        assert m.absrel < 1e-3, outliers
+
+
 def test_scaffold_reproduces_anchors_and_beats_global_alignment_on_real_backbone(kitti):
     from field_backbone import infer
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 from field_backbone import infer
 
 from scale_field_ros.backbone import BackboneOutput, DepthKind
-from scale_field_ros.bases import build_bases, relative_inverse_depth
+from scale_field_ros.bases import build_bases, depth_partition, guided_upsample, relative_inverse_depth
 from scale_field_ros.basis_set import BasisConfig, sample_maps
 
 
@@ -48,6 +49,34 @@ def test_depth_bins_follow_relative_depth():
     near_corr = np.corrcoef(b.maps[bins[-1]].ravel(), log_g)[0, 1]  # last bin: highest inverse depth = nearest
     far_corr = np.corrcoef(b.maps[bins[0]].ravel(), log_g)[0, 1]
     assert near_corr > 0.3 and far_corr < -0.3
+
+
+def test_depth_partition_is_a_soft_bin_index_rising_with_relative_depth():
+    # hats over log g: they sum to one and the soft bin index sum_i i * hat_i rises with log g. Measured on NYU,
+    # KITTI and SUN3D frames, pixels sorted by log g: the smallest step is 0.0 (never falls); with the two hat
+    # weights of a pixel swapped the index falls within each bin, the largest drop 0.002 to 0.005
+    _, out = infer("nyu", 1)
+    log_g = np.log(build_bases(out, BasisConfig(), 200).inv_rel_work)
+    hats = np.stack(depth_partition(log_g, 4))
+    np.testing.assert_allclose(hats.sum(axis=0), 1.0, atol=1e-6)
+    soft = np.tensordot(np.arange(len(hats), dtype=np.float64), hats, axes=1).ravel()
+    ordered = soft[np.argsort(log_g.ravel(), kind="stable")]
+    assert np.diff(ordered).min() >= -1e-6
+    assert ordered[0] == 0.0 and ordered[-1] == len(hats) - 1  # clamped to the first and last hat at the ends
+
+
+def test_guided_upsample_follows_the_guide():
+    # a source that is an affine function of the shrunk guide comes back as that function of the full guide
+    # (a = 2, b = 1 everywhere; eps negligible): measured within 1e-4 on NYU, KITTI and SUN3D log g; ignoring
+    # the guide (a = 0, the upsampled box mean) is off by 0.2 to 0.5 at depth edges
+    _, out = infer("sun3d_seq", 0)
+    guide = np.log(build_bases(out, BasisConfig(), 200).inv_rel_work).astype(np.float32)
+    h, w = guide.shape
+    small = cv2.resize(guide, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+    up = guided_upsample(guide, np.stack([2 * small + 1, 3 - small], axis=-1), 4, 1e-9)
+    assert up.shape == (2, h, w)
+    np.testing.assert_allclose(up[0], 2 * guide + 1, atol=1e-3)
+    np.testing.assert_allclose(up[1], 3 - guide, atol=1e-3)
 
 
 def test_sampling_matches_maps_at_pixel_centres():

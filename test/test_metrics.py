@@ -20,6 +20,14 @@ def test_perfect_and_scaled_prediction_on_real_ground_truth(nyu):
     far = compute_metrics(gt * 1.3, gt, mask)
     assert far.delta1 == 0.0 and far.delta2 == 1.0
     assert np.isclose(scaled.irmse, np.sqrt(np.mean((1000 / (1.1 * gt[mask]) - 1000 / gt[mask]) ** 2)), rtol=1e-5)
+    # a 10 % overestimate: (0.1 gt)^2 / gt = 0.01 gt per pixel, |log10 1.1| everywhere, 0.1 gt off
+    mean_gt = float(np.mean(gt[mask].astype(np.float64)))
+    assert np.isclose(scaled.sqrel, 0.01 * mean_gt, rtol=1e-5)
+    assert np.isclose(scaled.log10, np.log10(1.1), rtol=1e-5)
+    assert np.isclose(scaled.mae, 0.1 * mean_gt, rtol=1e-5)
+    # ratio 1.9: above 1.25^2 = 1.5625, below 1.25^3 = 1.953 (each delta counts ratios strictly below its bound)
+    wide = compute_metrics(gt * 1.9, gt, mask)
+    assert wide.delta1 == 0.0 and wide.delta2 == 0.0 and wide.delta3 == 1.0
 
 
 def test_mask_caps_range_and_excludes_anchor_pixels(kitti):

@@ -66,6 +66,9 @@ def test_bad_values_are_refused_with_reasons():
     assert "16 values" in check_value(specs["T_cam_anchor"], (1.0, 0.0))
     assert "rotation" in check_value(specs["T_body_cam"], tuple(np.diag([1.0, 1.0, -1.0, 1.0]).ravel()))
     assert "must be a double" in check_value(specs["anchor_max_age"], "soon")
+    # NaN fails no range comparison: it is refused for not being finite (infinity too, inside no range either)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert "finite" in check_value(specs["anchor_max_age"], value), value
     with pytest.raises(ValueError, match="min_depth_m"):
         settings_from_values({"min_depth_m": 20.0, "max_depth_m": 10.0})
     with pytest.raises(ValueError, match="unknown"):
@@ -153,6 +156,14 @@ def test_integers_are_accepted_for_doubles_and_other_types_refused(context):
         assert not bad.successful and "must be a double" in bad.reason
         bad = node.set_parameters([Parameter("anchor_max_age", value=20)])[0]  # an int is range-checked too
         assert not bad.successful and "<= 10" in bad.reason
+        # NaN: rclpy's range refuses it where the descriptor has one; local.prior_count has none, so the node's own
+        # check must (a NaN count would reach the local correction's prior)
+        bad = node.set_parameters([Parameter("anchor_max_age", value=float("nan"))])[0]
+        assert not bad.successful and node.settings.anchor_max_age == 2.0
+        before = node.config.local.prior_count
+        bad = node.set_parameters([Parameter("local.prior_count", value=float("nan"))])[0]
+        assert not bad.successful and "finite" in bad.reason, bad.reason
+        assert node.get_parameter("local.prior_count").value == before
         bad = node.set_parameters([Parameter("local.method", value="delauney")])[0]
         assert not bad.successful and "one of" in bad.reason
     finally:

@@ -40,16 +40,23 @@ def test_field_beats_global_alignment_and_is_finite(name, n, cap):
     assert field < 0.9 * ga
 
 
-def test_uncertainty_is_larger_where_the_error_is_larger():
-    frame, out = infer("sun3d_seq", 0)
-    draw = draw_anchors(frame, "uniform", 50, seed=2)
-    res = Pipeline(None, NYU).process_output(out, draw.anchors)
-    mask = evaluation_mask(draw.truth_depth_m, 1e-3, 10.0, draw.anchors)
+@pytest.mark.parametrize(
+    "name,index,n,cap", [("sun3d_seq", 0, 50, 10.0), ("nyu", 1, 200, 10.0), ("kitti_semidense", 0, 200, 80.0)]
+)
+def test_uncertainty_is_larger_where_the_error_is_larger(name, index, n, cap):
+    frame, out = infer(name, index)
+    draw = draw_anchors(frame, "uniform", n, seed=2)
+    res = Pipeline(None, dataclasses.replace(NYU, max_depth_m=cap)).process_output(out, draw.anchors)
+    mask = evaluation_mask(draw.truth_depth_m, 1e-3, cap, draw.anchors)
     err = np.abs(res.depth_m - draw.truth_depth_m)[mask]
     std = res.std_m[mask]
     hi = std > np.median(std)
     assert err[hi].mean() > err[~hi].mean()
-    assert 0.2 < np.mean(err < 2 * std) <= 1.0  # roughly calibrated, not absurdly wide
+    # roughly calibrated: for a calibrated Gaussian std the median of |err| / std is 0.674. The std is on the
+    # wide side: 0.18 to 0.37 on these data sets (50 to 1000 anchors); 10x too wide (the misfit variance x 100)
+    # gives 0.02 to 0.04. A band of a factor 6 either way of 0.674 (0.112 to 4.04) passes the one, fails the other
+    ratio = float(np.median(err / std))
+    assert 0.674 / 6 < ratio < 0.674 * 6, ratio
 
 
 @pytest.mark.parametrize("name,index,n,cap", [("nyu", 2, 1000, 10.0), ("kitti_semidense", 1, 200, 80.0)])
@@ -93,6 +100,24 @@ def test_std_samples_are_interpolated_where_they_were_taken(n_fine):
     assert np.all(fine[: taken[0]] == taken[0]) and np.all(fine[taken[-1] :] == taken[-1])
 
 
+@pytest.mark.parametrize("n", [200, 1000])
+@pytest.mark.parametrize("name,cap", [("nyu", 10.0), ("kitti_semidense", 80.0), ("sun3d_seq", 10.0)])
+def test_local_correction_lowers_the_error(name, cap, n):
+    # the residual grid's exp(R) on top of the field: AbsRel with it / without it (local.enabled=False) measured
+    # 0.22 to 0.58 over these frames, counts and seeds 0-2; with the correction computed but not applied
+    # (compose's A = S, B = c) 0.80 to 1.0. The bound sits between the two
+    frame, out = infer(name, 0)
+    cfg = dataclasses.replace(NYU, max_depth_m=cap)
+    without = dataclasses.replace(cfg, local=dataclasses.replace(cfg.local, enabled=False))
+    draw = draw_anchors(frame, "uniform", n, seed=1)
+    mask = evaluation_mask(draw.truth_depth_m, 1e-3, cap, draw.anchors)
+    with_local = Pipeline(None, cfg).process_output(out, draw.anchors)
+    assert with_local.fit.level is FitLevel.FULL
+    absrel = compute_metrics(with_local.depth_m, draw.truth_depth_m, mask).absrel
+    plain = compute_metrics(Pipeline(None, without).process_output(out, draw.anchors).depth_m, draw.truth_depth_m, mask)
+    assert absrel < 0.7 * plain.absrel, (absrel, plain.absrel)
+
+
 def test_outliers_and_noise_barely_move_the_field():
     frame, out = infer("nyu", 1)
     clean = draw_anchors(frame, "uniform", 300, seed=4)
@@ -112,7 +137,12 @@ def test_bad_inputs_give_a_flagged_defined_result():
     _check_output(none, out.shape)
     assert none.fit.level is FitLevel.PRIOR and none.fit.fallback_reason
     outl = Anchors.from_arrays(draw.anchors.u, draw.anchors.v, np.full(100, 1e6))  # all outside the range
-    _check_output(pipe.process_output(out, outl), out.shape)
+    res = pipe.process_output(out, outl)
+    _check_output(res, out.shape)
+    # sanitized away: none is used, and the frame is the no-anchor frame (the prior, flagged)
+    assert len(res.anchors_used) == 0 and res.fit.n_anchors == 0
+    assert res.fit.level is FitLevel.PRIOR and res.fit.fallback_reason == "no usable anchors"
+    np.testing.assert_array_equal(res.depth_m, none.depth_m)
     pile = Anchors.from_arrays(np.full(50, 100.0), np.full(50, 80.0), np.full(50, 2.5))
     res = pipe.process_output(out, pile)
     _check_output(res, out.shape)
@@ -180,23 +210,50 @@ def test_a_richer_pick_on_few_anchors_is_averaged_with_median_scaling():
     assert np.all(blended.std_m >= np.sqrt(bases.blend.weight * (1 - bases.blend.weight)) * spread * (1 - 1e-3))
 
 
+_COMPILED_KERNELS = """
+import json, sys
+from numba.core.registry import CPUDispatcher
+from scale_field_ros.pipeline import PipelineConfig, warm_up
+
+def compiled():
+    return {
+        f"{name}.{attr}": bool(kernel.signatures)
+        for name, module in list(sys.modules.items())
+        if name.startswith("scale_field_ros.")
+        for attr, kernel in vars(module).items()
+        if isinstance(kernel, CPUDispatcher) and kernel.py_func.__module__ == name
+    }
+
+before = compiled()
+warm_up(PipelineConfig(min_depth_m=0.5, max_depth_m=6.0))
+print(json.dumps([before, compiled()]))
+"""
+
+
 def test_warm_up_compiles_every_kernel_the_scale_field_uses():
-    # the node calls it before its first image: each compiled entry point of the anchors' z-buffer, the solve,
-    # the bases, the tier selection and the local correction must have run (numba keeps the compiled signatures
-    # of what Python called; the kernels those call compile inside them and list none)
-    from numba.core.registry import CPUDispatcher
+    # the node calls it before its first image: each compiled entry point of the anchors' z-buffer, the deskew
+    # blend, the solve, the bases, the tier selection and the local correction must have run (numba keeps the
+    # compiled signatures of what Python called; the kernels those call compile inside them and list none).
+    # In a fresh interpreter: in this one the tests before have run the kernels already, warm_up or not
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from scale_field_ros import anchors, bases, residual_grid, solver, tier_selection
-    from scale_field_ros.pipeline import PipelineConfig, warm_up
-
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILED_KERNELS],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    modules = {name.rsplit(".", 1)[0] for name in after}
+    for stage in ("anchors", "deskew", "bases", "basis_set", "solver", "tier_selection", "residual_grid"):
+        assert f"scale_field_ros.{stage}" in modules, stage
+    assert not any(before.values())  # nothing compiled before warm_up: what follows is its doing
     inner = {"_robust_scale", "_cholesky", "_cholesky_solve", "_solve_spd", "_inverse_spd", "_irls", "_held_out_error"}
-    assert warm_up(PipelineConfig(min_depth_m=0.5, max_depth_m=6.0)) >= 0.0
-    kernels = [
-        (module.__name__, name, kernel)
-        for module in (anchors, bases, solver, tier_selection, residual_grid)
-        for name, kernel in vars(module).items()
-        if isinstance(kernel, CPUDispatcher) and name not in inner
-    ]
-    assert len(kernels) >= 8
-    for module, name, kernel in kernels:
-        assert kernel.signatures, f"{module}.{name}"
+    entry = {name for name in after if name.rsplit(".", 1)[1] not in inner}
+    assert len(entry) >= 10
+    missed = sorted(name for name in entry if not after[name])
+    assert not missed, f"not compiled by warm_up: {missed}"

@@ -35,7 +35,13 @@ def test_scaled_intrinsics_keep_the_ray_through_each_pixel_centre():
 
 def test_as_transform_rejects_bad_input(kitti_lidar):
     frame = kitti_lidar.frame(0)
-    assert np.allclose(frame.T_cam_lidar[:3, :3] @ frame.T_cam_lidar[:3, :3].T, np.eye(3), atol=1e-6)
+    # a real calibration passes, as 16 row-major values or as 4 x 4, unchanged
+    np.testing.assert_array_equal(as_transform(frame.T_cam_lidar.ravel().tolist()), frame.T_cam_lidar)
+    np.testing.assert_array_equal(as_transform(frame.T_cam_lidar), frame.T_cam_lidar)
+    not_rigid = frame.T_cam_lidar.astype(np.float64)
+    not_rigid[3, 3] = 2.0  # a projective bottom row [0, 0, 0, 2]: rotation and translation are still fine
+    with pytest.raises(ValueError, match="bottom row"):
+        as_transform(not_rigid)
     with pytest.raises(ValueError, match="16 values"):
         as_transform([1.0] * 15)
     with pytest.raises(ValueError, match="NaN"):
