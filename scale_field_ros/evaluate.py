@@ -89,6 +89,17 @@ def run(args) -> int:
     return 0
 
 
+def std_calibration(depth_m, std_m, truth_m, mask, caps) -> tuple[float, float]:
+    """How well the published std describes the error on the scored pixels: (median of |error| / std, fraction with
+    |error| <= std); 0.674 and 0.683 for a calibrated Gaussian std. NaN when no pixel is scored. The prediction
+    is clipped to the evaluation caps, as `compute_metrics` clips it."""
+    if not mask.any():
+        return float("nan"), float("nan")
+    err = np.abs(np.clip(depth_m[mask], *caps) - truth_m[mask])
+    std = np.maximum(std_m[mask], 1e-12)
+    return float(np.median(err / std)), float(np.mean(err <= std))
+
+
 def method_functions(methods, pipeline_config=None):
     from .baselines import BASELINES
     from .pipeline import Pipeline, PipelineConfig
@@ -138,6 +149,7 @@ def evaluate(
         if learned is not None:
             pipes["field_learned"] = pipeline_cls(None, cfg, bases_fn=learned)
         acc: dict[tuple[int, str], list[DepthMetrics]] = {}
+        calibration: dict[tuple[int, str], list[tuple[float, float]]] = {}  # the field's std against its error
         drawn: dict[int, list[int]] = {}
         for fi in range(len(ds)):
             frame = ds.frame(fi)
@@ -156,6 +168,9 @@ def evaluate(
                             r = pipes[name].process_output(out, draw.anchors)
                             res = r if name == "field" else res
                             preds[name] = r.depth_m
+                            calibration.setdefault((n, name), []).append(
+                                std_calibration(r.depth_m, r.std_m, draw.truth_depth_m, mask, caps)
+                            )
                         else:
                             preds[name] = fn(out, draw.anchors, cfg.min_depth_m, ds.max_depth_m)
                         scored = compute_metrics(preds[name], draw.truth_depth_m, mask, caps)
@@ -182,5 +197,11 @@ def evaluate(
                 vals = np.array([getattr(m, key) for m in ms], np.float64)
                 vals = vals[np.isfinite(vals)]  # draws that left nothing to score do not count
                 row[key] = float(vals.mean()) if vals.size else None
+            if (n, name) in calibration:
+                pairs = np.array(calibration[n, name], np.float64).reshape(-1, 2)
+                pairs = pairs[np.isfinite(pairs).all(axis=1)]
+                ratio, within = pairs.mean(axis=0) if len(pairs) else (None, None)
+                row["std_ratio_median"] = None if ratio is None else float(ratio)
+                row["within_1std"] = None if within is None else float(within)
             rows.append(row)
     return rows

@@ -143,7 +143,36 @@ def render(rows: list[dict], provenance: str = "") -> str:
         lines += ["Rows where a baseline is better (field / best baseline):", ""]
         lines += [f"- {c}, {p}, {d}, {n} anchors: {f:.4f} / {b:.4f} ({m})" for c, p, d, n, f, b, m in losses]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + calibration_lines(rows))
+
+
+def calibration_lines(rows: list[dict]) -> list[str]:
+    """The field's published std against its error, uniform and native anchors (from the same eval rows)."""
+    picked = [
+        r
+        for r in rows
+        if r["method"] == "field" and r["pattern"] in ("uniform", "native") and r.get("within_1std") is not None
+    ]
+    if not picked:
+        return []
+    lines = [
+        "## Confidence calibration (field)",
+        "",
+        "How the published per-pixel std (metric_depth/confidence) compares with the error on the scored pixels: "
+        "the median of |error| / std and the fraction of pixels with |error| <= std, averaged over frames and seeds. "
+        "A calibrated Gaussian std gives 0.674 and 0.683; smaller ratios and larger fractions mean a std wider than "
+        "the error.",
+        "",
+        "| anchors | corruption | dataset | count | median abs(error)/std | within 1 std |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    picked.sort(key=lambda r: (r["pattern"], r["corruption"] != "clean", r["dataset"], r["anchors"]))
+    lines += [
+        f"| {r['pattern']} | {r['corruption']} | {r['dataset']} | {r['anchors']} | {r['std_ratio_median']:.3f} | "
+        f"{r['within_1std']:.3f} |"
+        for r in picked
+    ]
+    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def test_rows_cover_every_method_and_count(tmp_path):
     for m in spec.methods:  # the anchor pixels are not scored: more anchors, fewer pixels
         assert by[100, m]["n_pixels"] < by[20, m]["n_pixels"]
     assert by[100, "field"]["absrel"] < by[100, "ga_inv"]["absrel"]
+    for n in (20, 100):  # the field's std is scored against its error; the baselines publish none
+        assert 0 < by[n, "field"]["std_ratio_median"] and 0 < by[n, "field"]["within_1std"] <= 1
+        assert "within_1std" not in by[n, "median"]
     assert len(list(tmp_path.glob("*.png"))) == 3
     json.dumps({"rows": rows})
 
@@ -130,3 +133,18 @@ def test_lidar_lines_land_on_rows_with_ground_truth():
     sparse[[100, 400]] = frame.depth_m[[100, 400]]
     draw = draw_anchors(dataclasses.replace(frame, depth_m=sparse), "lidar", 200, seed=0)
     assert len(draw.anchors) == 200 and set(np.unique(draw.anchors.v).tolist()) == {100.0, 400.0}
+
+
+def test_std_calibration_on_real_depth():
+    from scale_field_ros.datasets import load_dataset
+    from scale_field_ros.evaluate import std_calibration
+
+    truth = load_dataset(shared_root() / "data" / "nyu").frame(0).depth_m
+    mask = truth > 0
+    pred = truth * np.float32(1.1)  # |error| = 0.1 truth
+    caps = (1e-3, 10.0)
+    ratio, within = std_calibration(pred, 0.2 * truth, truth, mask, caps)
+    assert abs(ratio - 0.5) < 1e-3 and within == 1.0
+    ratio, within = std_calibration(pred, 0.05 * truth, truth, mask, caps)
+    assert abs(ratio - 2.0) < 1e-3 and within == 0.0
+    assert np.isnan(std_calibration(pred, truth, truth, np.zeros_like(mask), caps)[0])
