@@ -89,17 +89,6 @@ def run(args) -> int:
     return 0
 
 
-def std_calibration(depth_m, std_m, truth_m, mask, caps) -> tuple[float, float]:
-    """How well the published std describes the error on the scored pixels: (median of |error| / std, fraction with
-    |error| <= std); 0.674 and 0.683 for a calibrated Gaussian std. NaN when no pixel is scored. The prediction
-    is clipped to the evaluation caps, as `compute_metrics` clips it."""
-    if not mask.any():
-        return float("nan"), float("nan")
-    err = np.abs(np.clip(depth_m[mask], *caps) - truth_m[mask])
-    std = np.maximum(std_m[mask], 1e-12)
-    return float(np.median(err / std)), float(np.mean(err <= std))
-
-
 def method_functions(methods, pipeline_config=None):
     from .baselines import BASELINES
     from .pipeline import Pipeline, PipelineConfig
@@ -123,7 +112,7 @@ def evaluate(
     import dataclasses
 
     from .datasets import load_dataset
-    from .metrics import DepthMetrics, compute_metrics, evaluation_mask
+    from .metrics import DepthMetrics, compute_metrics, evaluation_mask, std_calibration
     from .patterns import Pattern, draw_anchors, supports
 
     fns, base_cfg, pipeline_cls = method_functions(spec.methods, pipeline_config)

@@ -103,3 +103,14 @@ def compute_metrics(
 def shown(value: float | None, digits: int) -> str:
     """A metric for a printed summary: n/a where it is undefined (no pixel was left to score)."""
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def std_calibration(depth_m, std_m, truth_m, mask, caps) -> tuple[float, float]:
+    """How well the published std describes the error on the scored pixels: (median of |error| / std, fraction with
+    |error| <= std); 0.674 and 0.683 for a calibrated Gaussian std. NaN when no pixel is scored. The prediction
+    is clipped to the evaluation caps, as `compute_metrics` clips it."""
+    if not mask.any():
+        return float("nan"), float("nan")
+    err = np.abs(np.clip(depth_m[mask], *caps) - truth_m[mask])
+    std = np.maximum(std_m[mask], 1e-12)
+    return float(np.median(err / std)), float(np.mean(err <= std))

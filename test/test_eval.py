@@ -137,7 +137,7 @@ def test_lidar_lines_land_on_rows_with_ground_truth():
 
 def test_std_calibration_on_real_depth():
     from scale_field_ros.datasets import load_dataset
-    from scale_field_ros.evaluate import std_calibration
+    from scale_field_ros.metrics import std_calibration
 
     truth = load_dataset(shared_root() / "data" / "nyu").frame(0).depth_m
     mask = truth > 0
