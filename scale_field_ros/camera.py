@@ -98,6 +98,12 @@ class Intrinsics:
         (undistorting is an iteration, run once per calibration, not per frame); read-only."""
         return _ray_grid(self, height, width, step)
 
+    def lens_coverage(self, height: int, width: int) -> np.ndarray | None:
+        """HxW bool, True where a pixel has a ray (False beyond the lens model's fold radius or 89 degrees off
+        axis), or None when every pixel has one (no distortion, or a lens that covers the whole image).
+        Cached per camera, read-only."""
+        return _lens_coverage(self, height, width)
+
     def unproject(self, depth_m: np.ndarray, step: int = 1) -> np.ndarray:
         """HxW depth in metres of the pixels (step * col, step * row) -> HxWx3 camera-frame points in metres
         (NaN where a pixel has no ray: outside what the lens model covers)."""
@@ -135,20 +141,20 @@ def undistort(
     xd, yd = np.asarray(xd, np.float64), np.asarray(yd, np.float64)
     x, y = xd.copy(), yd.copy()  # the distorted point is the first guess
     step = 1e-6
-    for _ in range(iterations):
-        px, py = distort(x, y, model, d)
-        ex, ey = px - xd, py - yd
-        right, left = distort(x + step, y, model, d), distort(x - step, y, model, d)
-        down, up = distort(x, y + step, model, d), distort(x, y - step, model, d)
-        j11, j21 = (right[0] - left[0]) / (2 * step), (right[1] - left[1]) / (2 * step)
-        j12, j22 = (down[0] - up[0]) / (2 * step), (down[1] - up[1]) / (2 * step)
-        det = j11 * j22 - j12 * j21
-        with np.errstate(divide="ignore", invalid="ignore"):
+    # beyond the lens model's coverage the iteration diverges to inf / NaN: expected, and flagged by `ok` below
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(iterations):
+            px, py = distort(x, y, model, d)
+            ex, ey = px - xd, py - yd
+            right, left = distort(x + step, y, model, d), distort(x - step, y, model, d)
+            down, up = distort(x, y + step, model, d), distort(x, y - step, model, d)
+            j11, j21 = (right[0] - left[0]) / (2 * step), (right[1] - left[1]) / (2 * step)
+            j12, j22 = (down[0] - up[0]) / (2 * step), (down[1] - up[1]) / (2 * step)
+            det = j11 * j22 - j12 * j21
             x = x - (j22 * ex - j12 * ey) / det
             y = y - (j11 * ey - j21 * ex) / det
-    px, py = distort(x, y, model, d)
-    r_max = _max_radius(model, d)
-    with np.errstate(invalid="ignore"):
+        px, py = distort(x, y, model, d)
+        r_max = _max_radius(model, d)
         ok = (np.hypot(px - xd, py - yd) < 1e-6) & (x * x + y * y <= r_max * r_max)
     return np.where(ok, x, np.nan), np.where(ok, y, np.nan)
 
@@ -161,6 +167,17 @@ def _max_radius(model: str, d: tuple[float, ...]) -> float:
     rd = np.hypot(*distort(r, np.zeros_like(r), model, d))
     falling = np.flatnonzero(np.diff(rd) <= 0)
     return float(r[falling[0]]) if falling.size else float(r[-1])
+
+
+@functools.lru_cache(maxsize=8)
+def _lens_coverage(intrinsics: Intrinsics, height: int, width: int) -> np.ndarray | None:
+    if not intrinsics.distorted:
+        return None
+    covered = np.isfinite(_ray_grid(intrinsics, height, width, 1)[0])
+    if covered.all():
+        return None
+    covered.setflags(write=False)
+    return covered
 
 
 @functools.lru_cache(maxsize=8)

@@ -291,6 +291,12 @@ class FrameProcessor:
         if not (np.all(np.isfinite(result.depth_m)) and np.all(np.isfinite(result.std_m))):
             warnings.append(("non_finite_output", f"pipeline produced NaN/inf depth at {stamp_s:.3f} s; frame dropped"))
             return step(failed=True, marks=(t1, t2, t3))
+        covered = intrinsics.lens_coverage(h, w)
+        if covered is not None:
+            # beyond what the lens model images a pixel has no ray, so no depth: NaN (REP 118's "no measurement")
+            # in depth, confidence and scale field alike, as in the points unprojected from them
+            for image in (result.depth_m, result.std_m, result.scale_field):
+                image[~covered] = np.nan
         return step(ProcessedFrame(stamp_s, rgb, intrinsics, found, result), marks=(t1, t2, t3))
 
     def _intrinsics_for(self, w: int, h: int, warnings: list[InputWarning]) -> Intrinsics | None:

@@ -198,3 +198,24 @@ def test_a_larger_anchor_age_at_runtime_keeps_the_sets_it_asks_for():
     image_stamp = 102.4  # 1.5 s behind the newest scan (slow inference)
     assert [s.stamp_s for s in proc.anchor_buffer.query(image_stamp)] == [s.stamp_s for s in built.query(image_stamp)]
     assert proc.anchor_buffer.query(image_stamp)[0].stamp_s == pytest.approx(image_stamp)
+
+
+def test_pixels_beyond_the_lens_model_have_no_depth(sun3d):
+    # a wide fisheye calibration on a 640x480 image: the corners lie beyond 89 degrees off axis, where no ray
+    # exists. Depth, confidence and scale field are NaN exactly there, as the points unprojected from them are
+    from scale_field_ros.camera import Intrinsics
+
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, backbone())
+    frame = sun3d.frame(0)
+    fisheye = Intrinsics(200.0, 200.0, 319.5, 239.5, 640, 480, "equidistant", (0.0, 0.0, 0.0, 1e-4))
+    proc.on_camera_info(conv.camera_info_msg(fisheye, header(0.0, "camera")))
+    step = proc.process_image(conv.rgb8_image_msg(frame.rgb, header(0.0, "camera")), False, 1.0)
+    covered = fisheye.lens_coverage(480, 640)
+    assert covered is not None and 0 < (~covered).sum() < covered.size // 4
+    result = step.frame.result
+    for image in (result.depth_m, result.std_m, result.scale_field):
+        assert np.array_equal(np.isfinite(image), covered)
+    points = fisheye.unproject(result.depth_m)
+    assert np.array_equal(np.isfinite(points).all(axis=-1), covered)
+    assert Intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480).lens_coverage(480, 640) is None  # a pinhole sees all
