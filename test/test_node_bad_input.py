@@ -197,3 +197,28 @@ def test_stamps_going_backwards(setup):
     assert_warned_once(h, "image_stamp_backwards")
     assert_warned_once(h, "anchors_stamp_backwards")
     assert_all_outputs_sane(h)
+
+
+def test_diagnostics_warn_while_images_arrive_and_none_is_published(setup):
+    import time
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from scale_field_ros.ros.node import STALE_OUTPUT_S
+
+    h, frame, points = setup
+    good_frame(h, frame, points)
+    assert "no metric depth published" not in h.node.diagnostics_status().message
+    wrong = Intrinsics(300.0, 300.0, 160.0, 160.0, 320, 320)  # every image is refused (camera_info_size)
+    h.publish_camera_info(wrong, Clock.next())
+    h.wait_for(lambda: h.node._camera_info and h.node._camera_info[0] == wrong, 5.0, "camera_info")
+    end = time.monotonic() + STALE_OUTPUT_S + 0.5
+    while time.monotonic() < end:  # a 10 Hz camera
+        h.publish_image(frame.rgb, Clock.next())
+        time.sleep(0.1)
+    stats = h.node.stats
+    h.wait_for(lambda: stats.last_image_s - stats.last_output_s > STALE_OUTPUT_S, 5.0, "the refused images")
+    status = h.node.diagnostics_status()
+    assert status.level == DiagnosticStatus.WARN and "no metric depth published for" in status.message
+    good_frame(h, frame, points)  # the right camera_info again: answered, and the warning goes
+    assert "no metric depth published" not in h.node.diagnostics_status().message

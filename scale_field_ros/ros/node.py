@@ -78,6 +78,9 @@ class WarnThrottle:
         self._logger.warning(f"[{cause}] {message}" + (f" ({n} times so far)" if n > 1 else ""))
 
 
+STALE_OUTPUT_S = 2.0  # images arriving this long after the last output: diagnostics warn (or 3x the p95 latency)
+
+
 class RateCounter:
     """Events per second over the last diagnostics period."""
 
@@ -119,6 +122,8 @@ class FrameStats:
     frames_processed: int = 0
     frames_dropped: int = 0
     frames_failed: int = 0
+    last_image_s: float | None = None  # time.monotonic() of the latest image received
+    last_output_s: float | None = None  # ... and of the latest metric depth published
 
 
 @dataclass
@@ -238,6 +243,7 @@ class ScaleFieldNode(Node):
     def _on_image(self, msg) -> None:
         received = time.perf_counter_ns()
         self.rates["image_in"].tick()
+        self.stats.last_image_s = time.monotonic()
         self.processor.on_image_stamp(conv.stamp_to_s(msg.header.stamp))
         with self._slot_lock:
             if self._slot is not None:
@@ -340,6 +346,7 @@ class ScaleFieldNode(Node):
             s.filter_resets += 1
             s.last_filter_reset = result.filter_reset
         s.frames_processed += 1
+        s.last_output_s = time.monotonic()
         self.rates["depth_out"].tick()
 
     def _publish(self, header, frame: ProcessedFrame, settings: NodeSettings) -> int:
@@ -389,8 +396,14 @@ class ScaleFieldNode(Node):
             **{f"stage_ms.{k}": f"{v:.2f}" for k, v in s.stages_ms.items()},
             **{f"warnings.{k}": str(n) for k, n in sorted(self.warn.counts.items())},
         }
+        # images still arriving long after the last output (each refused, see warnings.*): the fit values are stale
+        unanswered_s = (s.last_image_s or 0.0) - (s.last_output_s or 0.0)
+        stale_after_s = max(STALE_OUTPUT_S, 3e-3 * float(np.percentile(lat, 95))) if lat.size else STALE_OUTPUT_S
         if s.frames_processed == 0:
             level, message = DiagnosticStatus.WARN, "no metric depth published yet"
+        elif unanswered_s > stale_after_s:
+            level = DiagnosticStatus.WARN
+            message = f"images arriving but no metric depth published for {unanswered_s:.1f} s (see warnings.*)"
         elif s.coast_exceeded:
             level, message = DiagnosticStatus.WARN, f"coasting without anchors for {s.coast_duration_s:.1f} s"
         elif s.coasting:
