@@ -231,6 +231,10 @@ def compressed_to_rgb8(format: str, data) -> np.ndarray:  # `format` is the mess
     fmt = (format or "").lower()
     if "compresseddepth" in fmt:
         raise MessageError(f"compressedDepth images are not supported (format {format!r})")
+    encoding = fmt.split(";")[0].strip() if ";" in fmt else ""  # image_transport: "<encoding>; <codec> compressed"
+    if encoding not in ("", *(e.lower() for e in _COLOUR_ENCODINGS)):
+        # e.g. a 16UC1 depth image through the png plugin: it decodes, but it is not a camera image
+        raise MessageError(f"CompressedImage of encoding {encoding!r} is not a camera image (format {format!r})")
     if fmt and not any(codec in fmt for codec in ("jpeg", "jpg", "png")):
         raise MessageError(f"unsupported CompressedImage format {format!r}; expected jpeg or png")
     buf = as_byte_array(data)

@@ -375,3 +375,15 @@ def test_rosbags_and_rclpy_messages(frame, lidar_frame):
     )
     assert mc.camera_info_msg_to_intrinsics(info) == frame.intrinsics
     assert not mc.camera_info_msg_unsupported_distortion(info)
+
+
+def test_a_depth_image_through_the_png_plugin_is_not_taken_for_a_camera_image(sun3d):
+    # image_transport's compressed plugin on a 16UC1 depth image writes "16UC1; png compressed ": it decodes to
+    # uint16, which as a colour image would be a near-black picture of millimetres
+    depth_mm = np.round(sun3d.frame(0).depth_m * 1000.0).astype(np.uint16)
+    ok, png = cv2.imencode(".png", depth_mm)
+    assert ok
+    with pytest.raises(mc.MessageError, match="not a camera image"):
+        mc.compressed_to_rgb8("16UC1; png compressed ", png.tobytes())
+    grey = mc.compressed_to_rgb8("mono8; png compressed ", cv2.imencode(".png", (depth_mm >> 8).astype(np.uint8))[1])
+    assert grey.shape == (*depth_mm.shape, 3)  # a mono8 camera image through the same plugin still decodes
