@@ -109,6 +109,18 @@ def prior_moments(xp, scale, shift, fallback_scale, k: int, config: PriorConfig,
     return mean, xp.stack([std0, *basis, std_shift])
 
 
+def misfit_log_var(xp, matrix, target, weights, inliers, no_fit):
+    """The field's model misfit, a relative variance of depth: the mean squared log ratio of target to fitted
+    value over the inliers (rows `matrix` (..., N, K+1), `weights` (..., K+1)); 0.25 (a broad relative
+    uncertainty) where there is no fit (`no_fit`) or no inlier with a positive fitted value. numpy or torch."""
+    fitted = (matrix @ weights[..., None])[..., 0]
+    ok = inliers & (fitted > 0) & (target > 0)
+    ratio = xp.where(ok, target / xp.where(ok, fitted, 1.0), 1.0)
+    squared = xp.where(ok, xp.log(ratio) ** 2, 0.0)
+    n = ok.sum(-1)
+    return xp.where(no_fit | (n == 0), 0.25, squared.sum(-1) / xp.clip(n, 1, None))
+
+
 def compose(
     bases: BasisSet,
     weights: np.ndarray,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .field import PriorConfig, compose_arrays, fit_relative_factor, prior_moments
+from .field import PriorConfig, compose_arrays, fit_relative_factor, misfit_log_var, prior_moments
 from .solver import FitLevel, SolverConfig
 
 LADDER = (FitLevel.FULL, FitLevel.SCALE_SHIFT, FitLevel.SCALE, FitLevel.PRIOR)  # index = level code
@@ -113,9 +113,14 @@ def usable_rows(design: TorchDesign) -> torch.Tensor:
 
 
 def choose_levels(
-    design: TorchDesign, usable: torch.Tensor, config: SolverConfig, level: FitLevel = FitLevel.FULL
+    design: TorchDesign,
+    usable: torch.Tensor,
+    config: SolverConfig,
+    level: FitLevel = FitLevel.FULL,
+    lowest: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,) ladder index per frame, as `solver._choose_level` (no gradient)."""
+    """(B,) ladder index per frame, as `solver._choose_level` (no gradient); `lowest` (B,) ladder indices: a
+    frame's rung starts no higher than its own (a constant relative map: scale only)."""
     with torch.no_grad():
         n = usable.sum(dim=-1)
         col = torch.where(usable, design.matrix[..., design.scale_index], torch.inf)
@@ -128,6 +133,8 @@ def choose_levels(
         std = torch.sqrt((torch.where(usable, col0 - mean[:, None], 0.0) ** 2).sum(-1) / nf)
         spread = std / (col0.abs().sum(-1) / nf).clamp_min(1e-12)
         rung = torch.full_like(n, LADDER.index(level))
+        if lowest is not None:
+            rung = torch.maximum(rung, lowest.to(rung))
         too_few = (n < config.min_anchors_full) | (distinct < config.min_anchors_full)
         rung = torch.where((rung <= 0) & too_few, torch.ones_like(rung), rung)
         if design.shift_index is None:
@@ -153,30 +160,35 @@ def solve(
     config: SolverConfig = SolverConfig(),  # noqa: B008 - frozen, immutable default
     level: FitLevel = FitLevel.FULL,
     robust: bool = True,
+    lowest: torch.Tensor | None = None,
 ) -> TorchFit:
     """Batched `solver.solve`: robust posterior of the weights (differentiable in matrix/target/prior).
 
     robust=False: one weighted ridge solve (weights 1/sigma^2, no outlier rejection), the smooth variant
-    used for training.
+    used for training. `lowest`: per-frame rungs to start at or below (see `choose_levels`).
+    The normal equations are formed and solved in float64 whatever the design's dtype, as numpy's solver does:
+    the bases are nearly collinear (condition numbers ~1e8), and in float32 the solve drifted along that
+    direction (depth off by up to 18% on KITTI). The weights and covariance come back in the design's dtype.
     """
-    a_raw, dtype = design.matrix, design.matrix.dtype
-    bsz, _, k = a_raw.shape
+    dtype = design.matrix.dtype
+    exact = torch.float64
+    bsz, _, k = design.matrix.shape
     usable = usable_rows(design)
-    rung = choose_levels(design, usable, config, level)
+    rung = choose_levels(design, usable, config, level, lowest)
     free = free_columns(rung, k, design.scale_index, design.shift_index)
     fixed = ~free
-    a = torch.where(usable[..., None], torch.nan_to_num(a_raw), 0.0)
-    y = torch.where(usable, torch.nan_to_num(design.target), 0.0)
-    s = torch.where(usable, design.sigma, 1.0)
-    mean0 = torch.nan_to_num(prior.mean.to(dtype))
-    cov0 = torch.nan_to_num(prior.covariance.to(dtype))
+    a = torch.where(usable[..., None], torch.nan_to_num(design.matrix.to(exact)), 0.0)
+    y = torch.where(usable, torch.nan_to_num(design.target.to(exact)), 0.0)
+    s = torch.where(usable, design.sigma.to(exact), 1.0)
+    mean0 = torch.nan_to_num(prior.mean.to(exact))
+    cov0 = torch.nan_to_num(prior.covariance.to(exact))
     # Conditioning on the fixed columns: they stay at the prior mean and move the target; in the batched
     # system they become decoupled unit-variance entries with no data, solved to 0 and replaced afterwards.
     y_f = y - (a @ (mean0 * fixed)[..., None])[..., 0]
-    a_f = a * free[:, None, :].to(dtype)
+    a_f = a * free[:, None, :].to(exact)
     pair = free[:, :, None] & free[:, None, :]
     fixed_pair = fixed[:, :, None] & fixed[:, None, :]
-    cov_f = torch.where(pair, cov0, 0.0) + torch.diag_embed(fixed.to(dtype))
+    cov_f = torch.where(pair, cov0, 0.0) + torch.diag_embed(fixed.to(exact))
     prec_prior = inverse_spd(cov_f)
     mean_f = torch.where(free, mean0, 0.0)
     eta_prior = (prec_prior @ mean_f[..., None])[..., 0]
@@ -219,11 +231,13 @@ def solve(
     cov = torch.where(ok[:, None, None], cov, cov0)
     rung = torch.where(ok, rung, torch.full_like(rung, 3))
     inliers = keep & usable & (rung < 3)[:, None]
-    return TorchFit(weights, cov, inliers, rung, inliers.sum(-1))
+    return TorchFit(weights.to(dtype), cov.to(dtype), inliers, rung, inliers.sum(-1))
 
 
 def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) median over the last axis where `mask`, averaging the two middle values like numpy; 0 if empty."""
+    if x.shape[-1] == 0:  # no rows at all (a batch without anchors): nothing to gather from
+        return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
     n = mask.sum(-1)
     srt = torch.sort(torch.where(mask, x, torch.inf), dim=-1).values
     lo = ((n - 1) // 2).clamp_min(0)[:, None]
@@ -360,21 +374,27 @@ def fit_field(
     coverage: float | torch.Tensor = 1.0,
     shift_free: bool | torch.Tensor = True,
     scale_hint: float | torch.Tensor = 0.0,
+    constant_relative: bool | torch.Tensor = False,
 ) -> TorchFit:
     """The pipeline's two solves: global scale+shift from a loose prior, then the field around it.
 
-    coverage, shift_free, scale_hint: the frames' `BasisSet` fields (tier chosen by cross-validation)."""
+    coverage, shift_free, scale_hint: the frames' `BasisSet` fields (tier chosen by cross-validation);
+    constant_relative (a value or one per frame): relative depth without structure, fitted by scale only (as the
+    pipeline does: the other bases would bend a flat map into whatever the anchors say)."""
     k = design.matrix.shape[-1] - 1
     scale_inv_rel = scale_inv_rel.to(design.matrix.dtype)
     family = (coverage, shift_free, scale_hint)
+    flat = torch.as_tensor(constant_relative, dtype=torch.bool, device=design.matrix.device)
+    lowest = torch.where(flat, LADDER.index(FitLevel.SCALE), 0).expand(design.matrix.shape[0])
     loose = prior_around(scale_inv_rel, torch.zeros_like(scale_inv_rel), scale_inv_rel, k, prior_config, *family)
     ga = solve(design, loose, solver_config, FitLevel.SCALE_SHIFT, robust)
     prior = prior_around(ga.weights[:, 0], ga.weights[:, -1], scale_inv_rel, k, prior_config, *family)
-    fit = solve(design, prior, solver_config, FitLevel.FULL, robust)
+    fit = solve(design, prior, solver_config, FitLevel.FULL, robust, lowest)
     # as the pipeline: refit with sigma relative to the fitted inverse depth (field.relative_to_fit)
     fitted = (design.matrix @ fit.weights[..., None])[..., 0]
     factor = fit_relative_factor(TorchOps(fitted.dtype, fitted.device), fitted, design.target)
-    refit = solve(dataclasses.replace(design, sigma=design.sigma * factor), prior, solver_config, FitLevel.FULL, robust)
+    relative = dataclasses.replace(design, sigma=design.sigma * factor)
+    refit = solve(relative, prior, solver_config, FitLevel.FULL, robust, lowest)
     keep = fit.level == 3  # the field fit fell to the prior: nothing to refit
     fit = TorchFit(
         torch.where(keep[:, None], fit.weights, refit.weights),
@@ -453,6 +473,13 @@ def upsample(a: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     lead = a.shape[:-2]
     flat = a.reshape(-1, 1, *a.shape[-2:])
     return F.interpolate(flat, size=shape, mode="bilinear", align_corners=False).reshape(*lead, *shape)
+
+
+def fit_misfit(design: TorchDesign, fit: TorchFit) -> torch.Tensor:
+    """(B,) the fitted field's model misfit (`field.misfit_log_var`), the pipeline's floor of the log-depth
+    variance that `compose` publishes."""
+    xp = TorchOps(design.matrix.dtype, design.matrix.device)
+    return misfit_log_var(xp, design.matrix, design.target, fit.weights, fit.inliers, fit.level == 3)
 
 
 def compose(
@@ -537,10 +564,11 @@ def benchmark_scale_field_torch(
             sync()
             t1 = time.perf_counter()
             design = anchor_design(bases.maps, bases.inv_rel, u, v, depth, wt, mask, 0.02)
-            fit = fit_field(design, bases.scale_inv_rel)
+            fit = fit_field(design, bases.scale_inv_rel, constant_relative=bases.constant_relative)
+            misfit = fit_misfit(design, fit)
             sync()
             t2 = time.perf_counter()
-            compose(bases.maps, bases.inv_rel, bases.inv_rel_work, fit.weights, fit.covariance, 0.1, 10.0)
+            compose(bases.maps, bases.inv_rel, bases.inv_rel_work, fit.weights, fit.covariance, 0.1, 10.0, misfit)
             sync()
             t3 = time.perf_counter()
             samples.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))

@@ -15,12 +15,22 @@ from typing import Any
 import numpy as np
 
 from .anchors import Anchors, anchors_from_points
+from .array_namespace import NUMPY
 from .backbone import Backbone, BackboneOutput, DepthKind
 from .bases import bases_provider, build_bases
 from .basis_set import BasisConfig, BasisSet, family_for_tier, sample_maps, tier_for
 from .camera import Intrinsics
 from .deskew import transform_at_times
-from .field import PriorConfig, anchor_design, blend_scale_only, compose, loose_prior, prior_around, relative_to_fit
+from .field import (
+    PriorConfig,
+    anchor_design,
+    blend_scale_only,
+    compose,
+    loose_prior,
+    misfit_log_var,
+    prior_around,
+    relative_to_fit,
+)
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
@@ -491,14 +501,8 @@ def _log_g_at(bases, anchors: Anchors) -> np.ndarray:
 
 
 def _misfit_log_var(design, fit: FitResult) -> float:
-    if fit.level is FitLevel.PRIOR or not fit.inliers.any():
-        return 0.25  # no evidence: a broad relative uncertainty
-    keep = fit.inliers
-    fitted = design.matrix[keep] @ fit.weights
-    ok = fitted > 0
-    if not ok.any():
-        return 0.25
-    return float(np.mean(np.log(design.target[keep][ok] / fitted[ok]) ** 2))
+    no_fit = fit.level is FitLevel.PRIOR
+    return float(misfit_log_var(NUMPY, design.matrix, design.target, fit.weights, fit.inliers, no_fit))
 
 
 def _hull_fraction(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> float:
