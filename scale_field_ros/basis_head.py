@@ -15,6 +15,7 @@ directly instead of running the head.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,10 +157,12 @@ def save_checkpoint(path: str | Path, head: BasisHead, training: dict | None = N
     """Write the head's weights with its `HeadSpec` and a record of its training."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     state = {
         "format": CHECKPOINT_FORMAT,
         "spec": dataclasses.asdict(head.spec),
-        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "state_dict": weights,
+        "state_sha256": state_digest(weights),
         "training": training or {},
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -183,6 +186,9 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[Basi
         spec = HeadSpec(**d)
         head = BasisHead(spec)
         head.load_state_dict(state["state_dict"])
+        # a flipped byte in the weights still loads: the digest written with them says so (older files have none)
+        if "state_sha256" in state and state["state_sha256"] != state_digest(state["state_dict"]):
+            raise CheckpointError(f"{path}: the weights do not match their digest (the file is damaged)")
     except CheckpointError:
         raise
     except Exception as exc:
@@ -192,6 +198,23 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[Basi
             f"{path} was trained for backbone {spec.backbone!r} (taps {', '.join(spec.taps)}), not {backbone!r}"
         )
     return head.eval(), dict(state.get("training", {}))
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the weights' names, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def finite_float32(a: np.ndarray) -> np.ndarray:
+    """A feature map as contiguous float32 with non-finite values zeroed, as the analytic bases take it: one inf
+    from the backbone would make every learned map NaN."""
+    a = np.ascontiguousarray(a, np.float32)
+    return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def model_sha256(path: str | Path | None) -> str:
@@ -215,7 +238,7 @@ def tap_tensors(features: dict[str, np.ndarray], spec: HeadSpec) -> list[torch.T
                 f"basis head trained for {spec.backbone!r} needs feature {name!r} with {ch} channels; "
                 f"this backbone gives {have}"
             )
-        out.append(torch.from_numpy(np.ascontiguousarray(f, np.float32))[None])
+        out.append(torch.from_numpy(finite_float32(f))[None])
     return out
 
 
@@ -237,7 +260,7 @@ class LearnedBases:
         """1 x K x h0 x w0: the graph's `learned_bases` output when present, else the head run here."""
         given = out.features.get(BASES_OUTPUT)
         if given is not None and given.ndim == 3 and given.shape[0] == self.spec.k:
-            return torch.from_numpy(np.ascontiguousarray(given, np.float32))[None]
+            return torch.from_numpy(finite_float32(given))[None]
         feats = tap_tensors(out.features, self.spec)
         with torch.inference_mode():
             return self.head(feats, torch.from_numpy(g)[None, None])

@@ -128,6 +128,7 @@ def make_view(frame, backbone, taps: tuple[str, ...], work_long_side: int) -> Vi
     import torch
 
     from .bases import relative_inverse_depth, working_shape
+    from .basis_head import finite_float32
 
     out = backbone.infer(frame.rgb)
     g, med, _ = relative_inverse_depth(out)
@@ -136,7 +137,7 @@ def make_view(frame, backbone, taps: tuple[str, ...], work_long_side: int) -> Vi
     missing = [t for t in taps if t not in out.features]
     if missing:
         raise ValueError(f"backbone {backbone.name!r} has no feature {missing}; it gives {sorted(out.features)}")
-    feats = tuple(torch.from_numpy(np.ascontiguousarray(out.features[t], np.float32)) for t in taps)
+    feats = tuple(torch.from_numpy(finite_float32(out.features[t])) for t in taps)
     return View(frame, out, feats, torch.from_numpy(g), torch.from_numpy(np.log(g_work)), float(med))
 
 
@@ -293,6 +294,7 @@ def train(
 
     history = []
     best = (np.inf, -1)
+    skipped = 0  # steps whose loss was not finite
     for epoch in range(cfg.epochs):
         head.train()
         losses = []
@@ -306,6 +308,9 @@ def train(
                 continue
             stacks = learned_stack(head, samples, basis_cfg)
             loss = torch.stack([sample_loss(m, s, cfg, cfg.loss) for m, s in zip(stacks, samples, strict=True)]).mean()
+            if not torch.isfinite(loss):  # a NaN step would poison every weight from here on
+                skipped += 1
+                continue
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -335,6 +340,10 @@ def train(
                 "history": history,
             }
             save_checkpoint(out_path, head, record)
+    if skipped:
+        LOG.warning("%d training steps had a non-finite loss and were skipped", skipped)
+    if best[1] < 0:
+        raise ValueError(f"no epoch gave a finite validation loss: no checkpoint written to {out_path}")
     return TrainResult(Path(out_path), best[1], best[0], analytic_val, tuple(history))
 
 

@@ -186,3 +186,32 @@ def test_pipeline_uses_the_configured_learned_head_and_falls_back_without_one(tm
     assert "learned" not in fallback.process_output(out, anchors).basis_signature
     with pytest.raises(CheckpointError, match="trained for backbone 'fastdepth'"):
         Pipeline(type("Other", (), {"name": "depth_anything_v2_small"})(), learned_cfg)
+
+
+def test_a_checkpoint_with_damaged_weights_is_refused(tmp_path):
+    _fastdepth()
+    path = save_checkpoint(tmp_path / "head.pt", _head(k=3))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the weights' payload: the archive itself still reads
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "flipped.pt", "fastdepth")
+
+
+def test_non_finite_features_do_not_reach_the_learned_maps():
+    # one inf in a tap made every learned map NaN and the fit fall to the prior ("no usable anchors")
+    _fastdepth()
+    frame, out = infer("sun3d_seq", 0)
+    features = dict(out.features)
+    features["dec4"] = features["dec4"].copy()
+    features["dec4"][0, 10, 10] = np.inf
+    features["dec3"] = features["dec3"].copy()
+    features["dec3"][3, 5, 5] = np.nan
+    glitched = BackboneOutput(out.relative, out.kind, out.metric, features)
+    bases = LearnedBases(_head())(glitched, BasisConfig(), 200)
+    assert np.isfinite(bases.maps).all()
+    res = Pipeline(None, PipelineConfig(max_depth_m=10.0), bases_fn=LearnedBases(_head())).process_output(
+        glitched, draw_anchors(frame, "uniform", 200, seed=0).anchors
+    )
+    assert res.fit.level.value == "full" and np.isfinite(res.depth_m).all()

@@ -50,3 +50,21 @@ def test_cli_is_registered():
 
     args = build_parser("train").parse_args(["train", "--data", "x", "--out", "h.pt", "--k", "5", "--epochs", "1"])
     assert args.k == 5 and args.epochs == 1 and args._module == "scale_field_ros.train"
+
+
+def test_training_without_a_finite_loss_writes_nothing_and_says_so(tmp_path, monkeypatch):
+    from scale_field_ros import train as train_module
+
+    bb = fastdepth_backbone()
+    if getattr(bb, "name", "") != "fastdepth":
+        pytest.skip("needs the product's FastDepth backbone (decoder features dec3/dec4)")
+    real_loss = train_module.sample_loss
+
+    def nan_loss(*args, **kwargs):  # every step and every validation loss non-finite
+        return real_loss(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(train_module, "sample_loss", nan_loss)
+    cfg = TrainConfig(k=2, hidden=8, epochs=1, steps_per_epoch=2, batch=2, views_per_frame=1)
+    with pytest.raises(ValueError, match="no checkpoint written"):
+        train([dataset_dir("nyu")], [], bb, cfg, tmp_path / "head.pt", progress=False)
+    assert not (tmp_path / "head.pt").exists()
