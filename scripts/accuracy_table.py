@@ -163,7 +163,7 @@ def calibration_lines(rows: list[dict]) -> list[str]:
         "A calibrated Gaussian std gives 0.674 and 0.683; smaller ratios and larger fractions mean a std wider than "
         "the error.",
         "",
-        "| anchors | corruption | dataset | count | median abs(error)/std | within 1 std |",
+        "| pattern | corruption | dataset | anchors | median abs(error)/std | within 1 std |",
         "|---|---|---|---:|---:|---:|",
     ]
     picked.sort(key=lambda r: (r["pattern"], r["corruption"] != "clean", r["dataset"], r["anchors"]))
