@@ -283,8 +283,7 @@ class BagWriter:
             raise BagError(f"{self.path} ends in .mcap but storage {storage!r} was asked for")
         if self.path.exists() and not overwrite:
             raise BagError(f"{self.path} exists already; pass overwrite to replace it")
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"output folder {self.path.parent} does not exist")
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # `--out out/x.mcap` on a fresh checkout
         self.storage = storage
         self.distro = distro
         # A hidden sibling folder on the same filesystem, so the final rename is atomic; inside it the bag has

@@ -416,8 +416,7 @@ def atomic_dir(out: Path, overwrite: bool):
     """A temporary sibling folder to fill; `commit()` renames it to `out`."""
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists already; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as eval and make-bag do: `--out out/nyu` on a fresh checkout
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -279,3 +279,15 @@ def test_parameter_parsing_needs_no_ros():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=PARAMS_FILE.parent.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_outputs_into_folders_that_do_not_exist_yet(tmp_path):
+    # the README's `--out out/nyu` on a fresh checkout: the parents are made, as eval's --json does
+    from conftest import dataset_dir
+
+    bag = tmp_path / "new" / "bags" / "sun3d.mcap"
+    assert cli_main(["make-bag", "--data", str(dataset_dir("sun3d_seq")), "--out", str(bag), "--anchors", "vio"]) == 0
+    assert bag.is_file()
+    out = tmp_path / "new" / "runs" / "sun3d"
+    assert cli_main(["run", "--data", str(dataset_dir("sun3d_seq")), "--out", str(out)]) == 0
+    assert (out / "metrics.json").is_file()
