@@ -77,6 +77,7 @@ def test_anchors_on_one_frame_in_three(harness, sun3d):
     assert np.all(np.isfinite(depths)) and np.all(depths > 0)
     # coasting frames carry the estimate: as accurate as the anchored ones, with wider confidence
     anchored = np.arange(N_FRAMES) % 3 == 0
+    print(f"AbsRel anchored frames {absrel[anchored].mean():.4f}, coasting frames {absrel[~anchored].mean():.4f}")
     assert absrel[~anchored].mean() <= absrel[anchored].mean() + 0.02
     triples = conf[: N_FRAMES // 3 * 3].reshape(-1, 3)  # anchored, coasting, coasting
     assert np.all(np.diff(triples, axis=1) > 0), triples
