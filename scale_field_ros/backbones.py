@@ -97,6 +97,12 @@ def load_backbone(
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = runtime default), got {threads}")
     path = Path(model_path) if model_path is not None else default_model_path()
+    if model_path is None and not path.is_file():
+        # the default lives beside a source checkout; an installed package (colcon, pip) has no shared/ there
+        raise ModelFileError(
+            f"no model_path given and the default {path} does not exist: set model_path (node parameter, "
+            "--model) to the FastDepth .tflite, or SCALE_FIELD_SHARED to the folder that holds models/"
+        )
     is_onnx = path.suffix.lower() == ".onnx"
     graph_file = is_onnx and _is_graph_onnx(path)
     # FastDepth's own ONNX export runs in ONNX Runtime on the CPU; an exported graph (with its metadata) on any

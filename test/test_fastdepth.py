@@ -244,3 +244,12 @@ def test_damaged_onnx_cache_entry_is_rebuilt(frames, ort_backbone, cache, fastde
     rebuilt = load_backbone(model_path=fastdepth_path, runtime="onnxruntime", threads=1)
     rgb = frames[2].rgb
     assert _max_rel_diff(ort_backbone.infer(rgb).relative, rebuilt.infer(rgb).relative) < 1e-6
+
+
+def test_an_installed_package_without_shared_models_says_what_to_set(tmp_path, monkeypatch):
+    # a colcon or pip install has no ../shared beside it: without model_path the node must say what to give
+    from scale_field_ros.backbones import ModelFileError, load_backbone
+
+    monkeypatch.setenv("SCALE_FIELD_SHARED", str(tmp_path))
+    with pytest.raises(ModelFileError, match="set model_path"):
+        load_backbone("fastdepth")
