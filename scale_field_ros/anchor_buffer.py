@@ -18,7 +18,7 @@ import numpy as np
 from .anchors import Anchors, anchors_from_points
 from .camera import Intrinsics, transform_points
 from .deskew import knot_times, transform_at_times
-from .poses import PoseBuffer, camera_from_world, scan_to_image_transform
+from .poses import PoseBuffer, camera_from_world, drop_newer, scan_to_image_transform
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,7 @@ class AnchorBuffer:
         """Forget the sets stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
         sets of the new one that arrived before its first image stay)."""
         with self._lock:
-            keep = bisect.bisect_right(self._stamps, stamp_s)
-            del self._stamps[keep:]
-            del self._sets[keep:]
+            drop_newer(self._stamps, self._sets, stamp_s)
 
     def _prune_locked(self) -> None:
         oldest_kept = self._stamps[-1] - self.retention_s

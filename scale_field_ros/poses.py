@@ -149,9 +149,7 @@ class PoseBuffer:
         """Forget the poses stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
         poses of the new one that arrived before its first image stay)."""
         with self._lock:
-            keep = bisect.bisect_right(self._stamps, stamp_s)
-            del self._stamps[keep:]
-            del self._poses[keep:]
+            drop_newer(self._stamps, self._poses, stamp_s)
 
     def covers(self, stamp_s: float) -> bool:
         """A sample at or after `stamp_s` is buffered: the pose there is interpolated, not extrapolated."""
@@ -188,6 +186,13 @@ class PoseBuffer:
         same = i0 == i1
         out[same] = poses[i0[same]]  # as stored: the rotation round trip would re-orthonormalise it
         return out
+
+
+def drop_newer(stamps: list[float], items: list, stamp_s: float) -> None:
+    """Delete the entries of a stamp-sorted list (and its parallel `items`) stamped after `stamp_s`."""
+    keep = bisect.bisect_right(stamps, stamp_s)
+    del stamps[keep:]
+    del items[keep:]
 
 
 def camera_from_world(T_world_body: np.ndarray, T_body_cam: np.ndarray) -> np.ndarray:

@@ -127,11 +127,7 @@ def test_a_rectified_image_takes_its_intrinsics_from_p(sun3d, rectified):
 
 def test_stamps_creeping_back_add_up_to_a_reported_reset(sun3d):
     # each image 0.4 s before the last (within the 0.5 s tolerance): the third is 0.8 s behind the newest
-    settings, config = load_settings()
-    proc = FrameProcessor(settings, config, backbone())
-    frame = sun3d.frame(0)
-    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
-    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
+    proc, frame, msg = _processor(sun3d)
     warned = []
     for t in (10.0, 9.6, 9.2):
         step = proc.process_image(msg, False, t)
@@ -142,11 +138,7 @@ def test_stamps_creeping_back_add_up_to_a_reported_reset(sun3d):
 def test_a_bag_loop_keeps_the_new_timelines_early_odometry_and_anchors(sun3d):
     from nav_msgs.msg import Odometry
 
-    settings, config = load_settings()
-    proc = FrameProcessor(settings, config, backbone())
-    frame = sun3d.frame(0)
-    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
-    msg = conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
+    proc, frame, msg = _processor(sun3d)
     odom = Odometry()
     odom.pose.pose.orientation.w = 1.0
     points = np.array([[0.0, 0.0, 2.0], [0.3, 0.1, 2.5], [-0.2, 0.2, 3.0]], np.float32)
@@ -219,3 +211,12 @@ def test_pixels_beyond_the_lens_model_have_no_depth(sun3d):
     points = fisheye.unproject(result.depth_m)
     assert np.array_equal(np.isfinite(points).all(axis=-1), covered)
     assert Intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480).lens_coverage(480, 640) is None  # a pinhole sees all
+
+
+def _processor(sun3d):
+    """A FrameProcessor with the default settings, sun3d frame 0's camera_info received, and that frame's image."""
+    settings, config = load_settings()
+    proc = FrameProcessor(settings, config, backbone())
+    frame = sun3d.frame(0)
+    proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera")))
+    return proc, frame, conv.rgb8_image_msg(frame.rgb, header(0.0, "camera"))
