@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,7 +180,7 @@ def anchors_for_image(
     sets: list[AnchorSet],
     image_stamp_s: float,
     intrinsics: Intrinsics,
-    T_cam_anchor: np.ndarray,
+    T_cam_anchor: np.ndarray | Callable[[str], np.ndarray],
     min_depth_m: float,
     max_depth_m: float,
     poses: PoseBuffer | None = None,
@@ -192,7 +193,8 @@ def anchors_for_image(
 
     - anchors_in_world: sets are world-frame landmarks; the camera pose at the image stamp comes from
       `poses` (T_world_body) and `T_body_cam`. Without a pose there are no anchors for this image.
-    - otherwise sets are in the anchor frame (`T_cam_anchor`); with `poses` and motion_compensation each
+    - otherwise sets are in the anchor frame (`T_cam_anchor`: one 4x4, or a function of a set's frame_id, so that
+      sets from different frames each get their own); with `poses` and motion_compensation each
       set is moved from its own stamp to the image stamp (a set without poses is used as is), and with
       `deskew` a set with per-point times has each point moved from its own time (`deskew` module; where
       odometry does not cover the scan's span, the whole scan moves from its stamp instead).
@@ -206,12 +208,13 @@ def anchors_for_image(
         why = "no odometry received" if not have_poses else "odometry does not cover the image stamp"
         problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s)"))
     for s in sets:
+        T_cam_set = T_cam_anchor(s.frame_id) if callable(T_cam_anchor) else T_cam_anchor
         if anchors_in_world:
             if T_wb_image is None:
                 continue
             T = camera_from_world(T_wb_image, T_body_cam)
         elif motion_compensation and T_wb_image is not None and deskew and s.point_time_s is not None:
-            moved = _deskewed(s, poses, T_wb_image, T_body_cam, T_cam_anchor)
+            moved = _deskewed(s, poses, T_wb_image, T_body_cam, T_cam_set)
             if moved is not None:
                 clouds.append((moved, None))
                 continue
@@ -223,11 +226,11 @@ def anchors_for_image(
                     "moved from its stamp as a whole",
                 )
             )
-            T = _whole_scan_transform(s, poses, T_wb_image, T_body_cam, T_cam_anchor, problems)
+            T = _whole_scan_transform(s, poses, T_wb_image, T_body_cam, T_cam_set, problems)
         elif motion_compensation and T_wb_image is not None and s.stamp_s != image_stamp_s:
-            T = _whole_scan_transform(s, poses, T_wb_image, T_body_cam, T_cam_anchor, problems)
+            T = _whole_scan_transform(s, poses, T_wb_image, T_body_cam, T_cam_set, problems)
         else:
-            T = T_cam_anchor
+            T = T_cam_set
         clouds.append((s.points, T))
     if not clouds:
         return ImageAnchors(Anchors.empty(), 0, 0, tuple(problems))

@@ -257,7 +257,10 @@ class FrameProcessor:
         if T_cam_anchor is None:
             T = settings.T_cam_anchor
         else:
-            T = T_cam_anchor(msg.header.frame_id, sets[0].frame_id if sets else "")
+            camera_frame = msg.header.frame_id
+
+            def T(anchor_frame: str) -> np.ndarray:  # each set by its own frame (one topic may carry several)
+                return T_cam_anchor(camera_frame, anchor_frame)
         found = anchors_for_image(
             sets,
             stamp_s,

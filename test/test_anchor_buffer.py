@@ -65,3 +65,31 @@ def test_buffer_is_bounded(scan):
         buf2.insert(k * 0.05, scan[:100])
     assert len(buf2) <= 11
     assert buf2.query(0.0) == []  # long gone
+
+
+def test_sets_of_different_frames_each_get_their_own_transform(scan):
+    # one topic carrying clouds of two frames: the LiDAR's (through T_cam_lidar) and one already in the camera
+    from scale_field_ros.anchor_buffer import AnchorSet, anchors_for_image
+    from scale_field_ros.camera import transform_points
+
+    frame = load_dataset(shared_root() / "data" / "kitti_lidar").frame(0)
+    half = len(frame.lidar_points) // 2
+    lidar_part = frame.lidar_points[:half].astype(np.float32)
+    camera_part = transform_points(frame.T_cam_lidar, frame.lidar_points[half:]).astype(np.float32)
+    sets = [AnchorSet(1.0, lidar_part, "velodyne"), AnchorSet(1.0, camera_part, "camera")]
+    frames = {"velodyne": frame.T_cam_lidar, "camera": np.eye(4)}
+    found = anchors_for_image(sets, 1.0, frame.intrinsics, frames.__getitem__, 0.5, 80.0, motion_compensation=False)
+    whole = anchors_for_image(
+        [AnchorSet(1.0, frame.lidar_points.astype(np.float32), "velodyne")],
+        1.0,
+        frame.intrinsics,
+        frame.T_cam_lidar,
+        0.5,
+        80.0,
+        motion_compensation=False,
+    )
+    assert len(found.anchors) == len(whole.anchors) > 10000
+    # the camera-frame half went through float32 once more: pixels agree to float32 rounding
+    np.testing.assert_allclose(found.anchors.depth_m, whole.anchors.depth_m, rtol=1e-5)
+    np.testing.assert_allclose(found.anchors.u, whole.anchors.u, atol=1e-3)
+    np.testing.assert_allclose(found.anchors.v, whole.anchors.v, atol=1e-3)
