@@ -245,7 +245,8 @@ def run_sample(sample: DemoSample, out: Path, values: dict, backbone, domain_id:
             truth = draw_anchors(frame, "native", sample.anchor_count, seed=sample.seed + k % len(frames)).truth_depth_m
         else:
             truth = frame.depth_m
-        mask = evaluation_mask(truth, config.min_depth_m, cap, fo.anchors)
+        # NaN depth is "no measurement" (pixels beyond the lens model): scored where depth was given
+        mask = evaluation_mask(truth, config.min_depth_m, cap, fo.anchors) & np.isfinite(fo.depth_m)
         nf = node_frames.get(fo.stamp_ns)
         row = {"frame": frame.frame_id, "stamp_ns": fo.stamp_ns, "anchors": int(fo.result.fit.n_anchors)}
         row["offline"] = compute_metrics(fo.depth_m, truth, mask, caps).as_dict()

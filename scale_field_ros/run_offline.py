@@ -500,7 +500,8 @@ def run_dataset(
             cap = min(config.max_depth_m, ds.max_depth_m)
             have_truth = truth is not None and bool(np.any(truth > 0))
             if have_truth:
-                mask = evaluation_mask(truth, config.min_depth_m, cap, anchors)
+                # NaN depth is "no measurement" (pixels beyond the lens model): scored where depth was given
+                mask = evaluation_mask(truth, config.min_depth_m, cap, anchors) & np.isfinite(result.depth_m)
                 metrics = compute_metrics(result.depth_m, truth, mask, (config.min_depth_m, cap))
                 rows.append({"frame": name, "anchors": len(anchors), **finite_or_none(metrics.as_dict())})
             else:
