@@ -75,6 +75,11 @@ class NumpyOps:
         return cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
     @staticmethod
+    def masked_median(x: np.ndarray, mask: np.ndarray) -> float:
+        """The median of `x` where `mask` (one frame), 0 where it is empty."""
+        return float(np.median(x[mask])) if mask.any() else 0.0
+
+    @staticmethod
     def reciprocal(a: np.ndarray) -> np.ndarray:
         """1 / a by division, the same values: numpy's float32 reciprocal loop is not vectorised (2x the time)."""
         return np.divide(1.0, a)

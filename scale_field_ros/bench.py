@@ -160,7 +160,14 @@ def bench_scale_field_one_core(ctx: BenchContext) -> dict[str, LatencyStats]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "output.npz"
         feats = {f"feature_{k}": v for k, v in out.features.items()}
-        np.savez(path, relative=out.relative, kind=out.kind.value, metric=out.metric, **feats)
+        np.savez(
+            path,
+            relative=out.relative,
+            kind=out.kind.value,
+            metric=out.metric,
+            graph_basis_config=out.graph_basis_config,  # a graph's bases are used in the child as in the parent
+            **feats,
+        )
         code = f"from scale_field_ros.bench import one_core_child; one_core_child({str(path)!r}, {ctx.repeats})"
         child = subprocess.run(
             [sys.executable, "-c", code], env={**os.environ, **ONE_CORE_ENV}, capture_output=True, text=True
@@ -186,7 +193,8 @@ def one_core_child(output_npz: str, repeats: int) -> None:
     keep_frame_buffers()
     saved = np.load(output_npz)
     feats = {k.removeprefix("feature_"): saved[k] for k in saved.files if k.startswith("feature_")}
-    out = BackboneOutput(saved["relative"], DepthKind(str(saved["kind"])), bool(saved["metric"]), feats)
+    kind, graph_config = DepthKind(str(saved["kind"])), str(saved["graph_basis_config"])
+    out = BackboneOutput(saved["relative"], kind, bool(saved["metric"]), feats, graph_config)
     runs = [benchmark_scale_field(out, SCALE_FIELD_ANCHORS, repeats=1, seed=i) for i in range(repeats)]
     print(json.dumps([r["scale_field"] for r in runs]))
 

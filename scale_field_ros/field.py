@@ -69,12 +69,27 @@ def fit_relative_factor(xp, fitted, target):
     return xp.where(target > 0, xp.clip(fitted / safe, 1e-2, 1e2), 1.0)
 
 
-def loose_prior(bases: BasisSet, config: PriorConfig) -> Prior:
-    """Before any anchor: the backbone's own inverse depth (scale = its median, shift 0), loosely held."""
-    return prior_around(bases, bases.scale_inv_rel, 0.0, config)
+def loose_prior(bases: BasisSet, config: PriorConfig, design: Design | None = None) -> Prior:
+    """Before the fit: the backbone's own inverse depth (scale = its median, shift 0), loosely held: its spread
+    is relative to that median, or to the scale the anchors of `design` give (`anchor_scale`) where that is
+    larger. Relative to the median alone it tied the fit to an affine-invariant model's arbitrary units: a Depth
+    Anything map of median 1e-5 held the scale thousands of sigmas from the anchors' 0.3 (depth 10 m everywhere).
+    Centred on the anchors' scale instead, KITTI's few-anchor rows lost up to 28% (FastDepth's own scale is the
+    better centre there), so the anchors only widen it."""
+    floor = anchor_scale(NUMPY, design.matrix[:, design.scale_index], design.target) if design is not None else 0.0
+    return prior_around(bases, bases.scale_inv_rel, 0.0, config, floor if np.isfinite(floor) else 0.0)
 
 
-def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfig) -> Prior:
+def anchor_scale(xp, scale_column, target):
+    """(...,) the median of target / scale column over the rows where both are positive and finite: the scale
+    weight median scaling gives (the column is the relative inverse depth g at the anchors, B_1 = 1); 0 without
+    such rows. numpy, or batched torch (`field_torch.masked_median`'s rule)."""
+    ok = xp.isfinite(scale_column) & xp.isfinite(target) & (scale_column > 0) & (target > 0)
+    ratio = xp.where(ok, target / xp.where(ok, scale_column, 1.0), 0.0)
+    return xp.masked_median(ratio, ok)
+
+
+def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfig, spread_floor: float = 0.0) -> Prior:
     """Identity correction over a global alignment (scale, shift): the per-frame prior of the field."""
     mean, std = prior_moments(
         NUMPY,
@@ -86,19 +101,23 @@ def prior_around(bases: BasisSet, scale: float, shift: float, config: PriorConfi
         getattr(bases, "coverage", 1.0),
         getattr(bases, "shift_free", True),
         getattr(bases, "scale_hint", 0.0),
+        spread_floor,
     )
     return Prior.diagonal(mean, std)
 
 
-def prior_moments(xp, scale, shift, fallback_scale, k: int, config: PriorConfig, coverage, shift_free, scale_hint):
+def prior_moments(
+    xp, scale, shift, fallback_scale, k: int, config: PriorConfig, coverage, shift_free, scale_hint, spread_floor=0.0
+):
     """Mean and std (..., k+1) of the prior `prior_around` describes, for numpy (`xp` = NUMPY) or batched torch.
 
-    Stds are relative to s = |scale| (`fallback_scale` where the scale is 0 or not finite). The non-constant
+    Stds are relative to s = |scale| (`fallback_scale` where the scale is 0 or not finite), at least
+    `spread_floor`. The non-constant
     bases get `basis_rel_std` times the anchors' reach: anchors that cover little of the image may only bend
     the field a little (it would extrapolate the bend over the uncovered part). The shift is pinned near 0
     when the family is scale only (tier -1, not `shift_free`), and a positive `scale_hint` (scale only
     chosen) holds the scale at the anchors' `absrel_scale`."""
-    s = xp.where(xp.isfinite(scale) & (scale != 0), xp.abs(scale), fallback_scale)
+    s = xp.clip(xp.where(xp.isfinite(scale) & (scale != 0), xp.abs(scale), fallback_scale), spread_floor, None)
     reach = xp.clip(coverage, 0.1, 1.0)
     hinted = scale_hint > 0
     mean0 = xp.where(hinted, scale_hint, scale)

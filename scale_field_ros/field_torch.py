@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .field import PriorConfig, compose_arrays, fit_relative_factor, misfit_log_var, prior_moments
+from .field import PriorConfig, anchor_scale, compose_arrays, fit_relative_factor, misfit_log_var, prior_moments
 from .solver import FitLevel, SolverConfig
 
 LADDER = (FitLevel.FULL, FitLevel.SCALE_SHIFT, FitLevel.SCALE, FitLevel.PRIOR)  # index = level code
@@ -345,8 +345,10 @@ def prior_around(
     coverage: float | torch.Tensor = 1.0,
     shift_free: bool | torch.Tensor = True,
     scale_hint: float | torch.Tensor = 0.0,
+    spread_floor: float | torch.Tensor = 0.0,
 ) -> TorchPrior:
-    """Batched `field.prior_around` over K bases (+1 shift weight); `loose_prior` is scale=scale_inv_rel, shift=0.
+    """Batched `field.prior_around` over K bases (+1 shift weight); `loose_prior` is scale=scale_inv_rel, shift=0,
+    spread_floor the anchors' scale.
 
     coverage, shift_free and scale_hint are the `BasisSet` fields of the same names (a value or one per frame).
     """
@@ -361,6 +363,7 @@ def prior_around(
         xp.work(coverage),
         torch.as_tensor(shift_free, dtype=torch.bool, device=scale.device),
         xp.work(scale_hint),
+        xp.work(spread_floor).detach(),
     )
     return TorchPrior(mean, torch.diag_embed(std**2))
 
@@ -386,7 +389,12 @@ def fit_field(
     family = (coverage, shift_free, scale_hint)
     flat = torch.as_tensor(constant_relative, dtype=torch.bool, device=design.matrix.device)
     lowest = torch.where(flat, LADDER.index(FitLevel.SCALE), 0).expand(design.matrix.shape[0])
-    loose = prior_around(scale_inv_rel, torch.zeros_like(scale_inv_rel), scale_inv_rel, k, prior_config, *family)
+    # as `field.loose_prior`: the backbone's median, its spread at least the anchors' scale
+    xp = TorchOps(design.matrix.dtype, design.matrix.device)
+    column = torch.where(design.mask, design.matrix[..., design.scale_index], 0.0)
+    floor = torch.nan_to_num(anchor_scale(xp, column, torch.where(design.mask, design.target, 0.0)))
+    zero = torch.zeros_like(scale_inv_rel)
+    loose = prior_around(scale_inv_rel, zero, scale_inv_rel, k, prior_config, *family, spread_floor=floor)
     ga = solve(design, loose, solver_config, FitLevel.SCALE_SHIFT, robust)
     prior = prior_around(ga.weights[:, 0], ga.weights[:, -1], scale_inv_rel, k, prior_config, *family)
     fit = solve(design, prior, solver_config, FitLevel.FULL, robust, lowest)
@@ -447,6 +455,10 @@ class TorchOps:
     @staticmethod
     def combine(weights: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         return torch.einsum("...k,...khw->...hw", weights, maps)
+
+    @staticmethod
+    def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_median(x, mask)
 
     @staticmethod
     def upsample(a: torch.Tensor, shape) -> torch.Tensor:
@@ -541,11 +553,12 @@ def benchmark_scale_field_torch(
     from .bases import pick_feature
     from .bases_torch import analytic_bases
     from .basis_set import BasisConfig
-    from .pipeline import benchmark_input, stage_report
+    from .pipeline import benchmark_anchors_used, benchmark_input, stage_report
 
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     out, anchors = benchmark_input(out, n_anchors, seed)
+    benchmark_anchors_used(out, anchors, 0.1, 10.0)  # the range compose is given below
     config = BasisConfig()
 
     def put(a):

@@ -291,7 +291,7 @@ class Pipeline:
         was solved with (what the filter and the innovation test must use with it)."""
         cfg = self.config
         # global alignment first (the scale-shift rung from a loose prior), then the field around it
-        ga = solve(design, loose_prior(bases, cfg.prior), cfg.solver, FitLevel.SCALE_SHIFT)
+        ga = solve(design, loose_prior(bases, cfg.prior, design), cfg.solver, FitLevel.SCALE_SHIFT)
         initial = prior_around(bases, ga.weights[0], ga.weights[-1], cfg.prior)
         if bases.constant_relative:
             level, why = FitLevel.SCALE, "relative depth is constant: scale only"
@@ -547,24 +547,25 @@ def benchmark_input(
 ) -> tuple[BackboneOutput, Anchors]:
     """The scale-field benchmarks' frame and anchors (numpy and torch stages time the same input).
 
-    Without `out`: a 640x480 NYU frame's ground truth blurred into a relative map, with features taken from its
-    image, so only shared/data is needed. Anchors: `n_anchors` valid pixels with 10 % multiplicative noise.
+    The frame is NYU's first (the benchmarks' input image). Without `out`: its ground truth blurred into a relative
+    map, with features taken from its image, so only shared/data is needed. Anchors: `n_anchors` pixels of its
+    metric ground truth (resized to `out`'s size) with 10 % multiplicative noise; not the backbone's own output,
+    which for Depth Anything is inverse depth in arbitrary units (anchors of 1e-5 m, all dropped by the range).
     """
     import cv2
 
-    rng = np.random.default_rng(seed)
-    if out is None:
-        from .datasets import load_dataset, shared_root
+    from .datasets import load_dataset, shared_root
 
-        frame = load_dataset(shared_root() / "data" / "nyu").frame(0)
-        gt = frame.depth_m
+    rng = np.random.default_rng(seed)
+    frame = load_dataset(shared_root() / "data" / "nyu").frame(0)
+    gt = frame.depth_m
+    if out is None:
         rel = cv2.GaussianBlur(np.where(gt > 0, gt, np.median(gt[gt > 0])), (0, 0), 6).astype(np.float32)
         feats = cv2.resize(frame.rgb, (56, 56), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         feats = np.concatenate([feats, np.stack([cv2.resize(rel, (56, 56))] * 5, -1)], axis=-1)
         out = BackboneOutput(rel, DepthKind.DEPTH, True, {"bench": np.ascontiguousarray(feats.transpose(2, 0, 1))})
-        truth = gt
-    else:
-        truth = np.where(np.isfinite(out.relative), out.relative, 0)
+    h, w = out.shape
+    truth = gt if gt.shape == (h, w) else cv2.resize(gt, (w, h), interpolation=cv2.INTER_NEAREST)
     w = out.shape[1]
     flat = np.flatnonzero(truth.ravel() > 0)
     pick = rng.choice(flat, size=min(n_anchors, flat.size), replace=False)
@@ -585,12 +586,24 @@ def benchmark_scale_field(
     `scale_field` (their sum).
     """
     out, anchors = benchmark_input(out, n_anchors, seed)
-    pipe = Pipeline(None, config or PipelineConfig(max_depth_m=10.0))
+    cfg = config or PipelineConfig(max_depth_m=10.0)
+    used = benchmark_anchors_used(out, anchors, cfg.min_depth_m, cfg.max_depth_m)
+    pipe = Pipeline(None, cfg)
     samples = []
     for _ in range(repeats + 2):
         r = pipe.process_output(out, anchors)
         samples.append((r.timings_ms.bases, r.timings_ms.solve, r.timings_ms.compose))
-    return stage_report(np.array(samples[2:]), len(anchors), out.shape)
+    return stage_report(np.array(samples[2:]), used, out.shape)
+
+
+def benchmark_anchors_used(out: BackboneOutput, anchors: Anchors, min_depth_m: float, max_depth_m: float) -> int:
+    """How many of the benchmark's anchors the stage uses; ValueError when the range drops any (the report would
+    label a run on fewer anchors with the count asked for)."""
+    h, w = out.shape
+    used = len(anchors.sanitized(w, h, min_depth_m, max_depth_m))
+    if used < len(anchors):
+        raise ValueError(f"only {used} of the {len(anchors)} benchmark anchors are in range: the stage would not run")
+    return used
 
 
 def stage_report(samples_ms: np.ndarray, n_anchors: int, shape_hw: tuple[int, int]) -> dict[str, float]:

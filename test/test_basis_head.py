@@ -65,7 +65,7 @@ def test_differentiable_solve_on_learned_bases_matches_numpy():
     bases = LearnedBases(_head())(out, BasisConfig(), 300)
     a = draw_anchors(frame, "lidar", 300, seed=3, noise=0.02, outliers=0.05).anchors.sanitized(640, 480, 0.1, 10.0)
     design = anchor_design(bases, a, 0.02)
-    ga = solve(design, loose_prior(bases, PriorConfig()), SolverConfig(), FitLevel.SCALE_SHIFT)
+    ga = solve(design, loose_prior(bases, PriorConfig(), design), SolverConfig(), FitLevel.SCALE_SHIFT)
     prior = prior_around(bases, ga.weights[0], ga.weights[-1], PriorConfig())
     ref = solve(relative_to_fit(design, solve(design, prior).weights), prior)  # the pipeline's refit
 

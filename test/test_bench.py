@@ -106,3 +106,22 @@ def test_node_stage_is_optional_and_skips_without_rclpy(monkeypatch, capsys):
     ctx = bench.BenchContext(backbone=object(), rgb=None, frame=None, repeats=1, node=True)
     assert bench.bench_node_end_to_end(ctx) == {} and ctx.info == {}
     assert "rclpy" in capsys.readouterr().err
+
+
+def test_an_inverse_depth_backbone_is_timed_on_all_its_anchors():
+    # Depth Anything gives inverse depth in arbitrary units: anchors taken from its own output were ~1e-5 m,
+    # all dropped by the depth range, and the stage timed a prior-only frame labelled with 1000 anchors
+    import dataclasses
+
+    import numpy as np
+    from field_backbone import infer
+
+    from scale_field_ros.backbone import DepthKind
+    from scale_field_ros.pipeline import Pipeline, PipelineConfig, benchmark_input, benchmark_scale_field
+
+    _, out = infer("nyu", 0)
+    inverse = dataclasses.replace(out, relative=(2e-5 / out.relative).astype(np.float32), kind=DepthKind.INVERSE_DEPTH)
+    frame_out, anchors = benchmark_input(inverse, 1000)
+    result = Pipeline(None, PipelineConfig(max_depth_m=10.0)).process_output(frame_out, anchors)
+    assert result.fit.level.value == "full" and result.fit.n_anchors > 900
+    assert benchmark_scale_field(inverse, 1000, repeats=1)["n_anchors"] == 1000

@@ -26,7 +26,7 @@ def _case(dataset, index, pattern, n, seed=1, outliers=0.0, select=True):
     anchors = draw.anchors.sanitized(w, h, MIN_M, frame.max_depth_m)
     bases = build_bases(out, BasisConfig(), len(anchors), anchors if select else None)
     design = anchor_design(bases, anchors, NOISE)
-    ga = solve(design, loose_prior(bases, PriorConfig()), SolverConfig(), FitLevel.SCALE_SHIFT)
+    ga = solve(design, loose_prior(bases, PriorConfig(), design), SolverConfig(), FitLevel.SCALE_SHIFT)
     prior = prior_around(bases, ga.weights[0], ga.weights[-1], PriorConfig())
     design = relative_to_fit(design, solve(design, prior).weights)  # the pipeline's refit: its final design
     fit = solve(design, prior)
@@ -271,7 +271,7 @@ def test_a_constant_relative_map_is_fitted_by_scale_only():
     bases = build_bases(flat, BasisConfig(), len(anchors))
     assert bases.constant_relative and bases.k > 1
     design = anchor_design(bases, anchors, NOISE)
-    ga = solve(design, loose_prior(bases, PriorConfig()), SolverConfig(), FitLevel.SCALE_SHIFT)
+    ga = solve(design, loose_prior(bases, PriorConfig(), design), SolverConfig(), FitLevel.SCALE_SHIFT)
     prior = prior_around(bases, ga.weights[0], ga.weights[-1], PriorConfig())
     design = relative_to_fit(design, solve(design, prior, SolverConfig(), FitLevel.SCALE).weights)
     fit = solve(design, prior, SolverConfig(), FitLevel.SCALE)

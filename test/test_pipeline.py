@@ -257,3 +257,19 @@ def test_warm_up_compiles_every_kernel_the_scale_field_uses():
     assert len(entry) >= 10
     missed = sorted(name for name in entry if not after[name])
     assert not missed, f"not compiled by warm_up: {missed}"
+
+
+@pytest.mark.parametrize("units", [2e-5, 2e3])
+def test_the_fit_does_not_depend_on_the_backbones_units(units):
+    # an affine-invariant model's inverse depth comes in arbitrary units (a random-init Depth Anything: ~1e-5);
+    # the loose prior took its median for the scale, and a map of 1e-5 held the fit thousands of sigmas from the
+    # anchors (depth 10 m everywhere). The same map in any units must give the same metric depth
+    from scale_field_ros.backbone import BackboneOutput, DepthKind
+
+    frame, out = infer("nyu", 0)
+    inverse = BackboneOutput((units / out.relative).astype(np.float32), DepthKind.INVERSE_DEPTH, False, out.features)
+    anchors = draw_anchors(frame, "uniform", 1000, seed=0).anchors
+    reference = Pipeline(None, NYU).process_output(out, anchors)
+    result = Pipeline(None, NYU).process_output(inverse, anchors)
+    assert result.fit.level is FitLevel.FULL and abs(result.fit.n_anchors - reference.fit.n_anchors) <= 2
+    np.testing.assert_allclose(result.depth_m, reference.depth_m, rtol=1e-3)
