@@ -261,6 +261,7 @@ class FrameProcessor:
 
             def T(anchor_frame: str) -> np.ndarray:  # each set by its own frame (one topic may carry several)
                 return T_cam_anchor(camera_frame, anchor_frame)
+
         found = anchors_for_image(
             sets,
             stamp_s,
