@@ -111,12 +111,11 @@ def prior_moments(
 ):
     """Mean and std (..., k+1) of the prior `prior_around` describes, for numpy (`xp` = NUMPY) or batched torch.
 
-    Stds are relative to s = |scale| (`fallback_scale` where the scale is 0 or not finite), at least
-    `spread_floor`. The non-constant
-    bases get `basis_rel_std` times the anchors' reach: anchors that cover little of the image may only bend
-    the field a little (it would extrapolate the bend over the uncovered part). The shift is pinned near 0
-    when the family is scale only (tier -1, not `shift_free`), and a positive `scale_hint` (scale only
-    chosen) holds the scale at the anchors' `absrel_scale`."""
+    Stds are relative to s = |scale| (`fallback_scale` where the scale is 0 or not finite), and s is at least
+    `spread_floor`. The non-constant bases get `basis_rel_std` times the anchors' reach: anchors that cover
+    little of the image may only bend the field a little (it would extrapolate the bend over the uncovered part).
+    The shift is pinned near 0 when the family is scale only (tier -1, not `shift_free`), and a positive
+    `scale_hint` (scale only chosen) holds the scale at the anchors' `absrel_scale`."""
     s = xp.clip(xp.where(xp.isfinite(scale) & (scale != 0), xp.abs(scale), fallback_scale), spread_floor, None)
     reach = xp.clip(coverage, 0.1, 1.0)
     hinted = scale_hint > 0
