@@ -127,11 +127,11 @@ def evaluate(
 
         learned = LearnedBases.from_checkpoint(basis_checkpoint, getattr(backbone, "name", None))
     rows = []
-    names = [load_dataset(d).name for d in data_dirs]
+    datasets = [load_dataset(d) for d in data_dirs]
+    names = [ds.name for ds in datasets]
     if len(set(names)) != len(names):  # rows are keyed by dataset name: two of one name could not be told apart
         raise ValueError(f"--data folders must have distinct dataset names, got {names}")
-    for d in data_dirs:
-        ds = load_dataset(d)
+    for ds in datasets:
         cfg = dataclasses.replace(base_cfg, max_depth_m=ds.max_depth_m)
         pipes = {"field": pipeline_cls(None, cfg)}
         caps = (cfg.min_depth_m, ds.max_depth_m)  # the mask's range; every method's output lies in it already
@@ -178,7 +178,7 @@ def evaluate(
                             ds.max_depth_m,
                         )
         if not acc:
-            raise ValueError(f"{d}: no frame has the data the {pattern.value} pattern needs")
+            raise ValueError(f"{ds.root}: no frame has the data the {pattern.value} pattern needs")
         for (n, name), ms in acc.items():
             row = {"dataset": ds.name, "pattern": pattern.value, "anchors": n, "method": name, "samples": len(ms)}
             row["anchors_drawn"] = float(np.mean(drawn[n]))  # fewer than asked where the data has fewer
