@@ -226,8 +226,8 @@ def bench_scale_field_torch(ctx: BenchContext) -> dict[str, LatencyStats]:
 
 def bench_node_end_to_end(ctx: BenchContext) -> dict[str, LatencyStats]:
     """With --node: image receipt to metric_depth publication of the real ROS node over DDS
-    (`ros.bench_node.benchmark_node`, 640x480 sun3d_seq frames, this backbone), one frame at a time; its
-    median non-backbone share goes to the report as "node_non_backbone_share"."""
+    (`ros.bench_node.benchmark_node`, sun3d_seq frames at the input size, this backbone), one frame at a time;
+    its median non-backbone share goes to the report as "node_non_backbone_share"."""
     import importlib.util
 
     if not ctx.node:
@@ -242,8 +242,10 @@ def bench_node_end_to_end(ctx: BenchContext) -> dict[str, LatencyStats]:
         return {}
     from .ros.bench_node import benchmark_node
 
-    run = benchmark_node(ctx.backbone, frames=ctx.repeats)
+    h, w = ctx.rgb.shape[:2]
+    run = benchmark_node(ctx.backbone, frames=ctx.repeats, size=(w, h))
     ctx.info["node_non_backbone_share"] = round(run["non_backbone_share"], 4)
+    ctx.info["node_resolution"] = run["resolution"]
     return {"node_end_to_end": latency_stats(run["latency_samples_ms"])}
 
 

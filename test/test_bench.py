@@ -125,3 +125,19 @@ def test_an_inverse_depth_backbone_is_timed_on_all_its_anchors():
     result = Pipeline(None, PipelineConfig(max_depth_m=10.0)).process_output(frame_out, anchors)
     assert result.fit.level.value == "full" and result.fit.n_anchors > 900
     assert benchmark_scale_field(inverse, 1000, repeats=1)["n_anchors"] == 1000
+
+
+def test_node_benchmark_times_the_requested_image_size():
+    # --width/--height reached every stage but the node's, which always ran 640x480 under the report's label
+    pytest.importorskip("rclpy", reason="needs the ROS 2 Python wheels (rclpy)")
+    import numpy as np
+    from field_backbone import backbone
+
+    from scale_field_ros.datasets import load_dataset, shared_root
+
+    rgb = load_dataset(shared_root() / "data" / "sun3d_seq").frame(0).rgb
+    small = np.ascontiguousarray(rgb[::2, ::2])  # 320x240
+    ctx = bench.BenchContext(backbone=backbone(), rgb=small, frame=None, repeats=2, node=True)
+    stages = bench.bench_node_end_to_end(ctx)
+    assert ctx.info["node_resolution"] == "320x240"
+    assert stages["node_end_to_end"].repeats == 2 and 0.0 < ctx.info["node_non_backbone_share"] < 1.0

@@ -24,8 +24,10 @@ def benchmark_node(
     params: dict | None = None,
     domain_id: int | None = None,
     timeout_s: float = 30.0,
+    size: tuple[int, int] | None = None,
 ) -> dict:
-    """Latency statistics (ms) of the node on 640x480 sun3d_seq frames with corner anchors.
+    """Latency statistics (ms) of the node on sun3d_seq frames (640x480, or resized to `size` = (width, height)
+    with the camera_info scaled to it) with corner anchors.
 
     Returns {"resolution", "frames", "runtime", "latency_ms": {median, p95, max}, "backbone_ms": {median},
     "non_backbone_ms": {median, p95}, "non_backbone_share" (median over frames), "latency_samples_ms" (per
@@ -53,12 +55,20 @@ def benchmark_node(
     ds = load_dataset(data_dir or shared_root() / "data" / "sun3d_seq")
     frame = ds.frame(0)
     h, w = frame.rgb.shape[:2]
-    # anchors as camera-frame points (identity T_cam_anchor), through the one unprojection
+    # anchors as camera-frame points (identity T_cam_anchor), through the one unprojection; metric points, so
+    # they stay valid for the image at any size
     anchors = draw_anchors(frame, "vio", n_anchors, seed=0).anchors
     sparse = np.zeros((h, w), np.float32)
     rows, cols = np.round(anchors.v).astype(int), np.round(anchors.u).astype(int)
     sparse[rows, cols] = anchors.depth_m
     points = frame.intrinsics.unproject(sparse)[rows, cols]
+    rgb, intrinsics = frame.rgb, frame.intrinsics
+    if size is not None and tuple(size) != (w, h):
+        import cv2
+
+        w, h = int(size[0]), int(size[1])
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        intrinsics = intrinsics.scaled_to(w, h)
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain_id if domain_id is not None else 20 + os.getpid() % 200)
@@ -74,7 +84,13 @@ def benchmark_node(
     pub_info = io.create_publisher(CameraInfo, "camera_info", qos)
     pub_anchors = io.create_publisher(PointCloud2, "anchors", qos)
     arrived = threading.Event()
-    io.create_subscription(Image, "metric_depth", lambda _m: arrived.set(), qos)
+    published_sizes: set[tuple[int, int]] = set()
+
+    def on_depth(msg: Image) -> None:
+        published_sizes.add((msg.width, msg.height))
+        arrived.set()
+
+    io.create_subscription(Image, "metric_depth", on_depth, qos)
     io.create_subscription(PointCloud2, "metric_depth/points", lambda _m: None, qos)  # a consumer, as in use
     executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): inference has its own thread
     executor.add_node(node)
@@ -97,10 +113,10 @@ def benchmark_node(
             hd.frame_id = "camera_optical"
             return hd
 
-        image_msg = conv.rgb8_image_msg(frame.rgb, header(0.0))
+        image_msg = conv.rgb8_image_msg(rgb, header(0.0))
         for k in range(warmup + frames):
             stamp = 1000.0 + k / 30.0
-            pub_info.publish(conv.camera_info_msg(frame.intrinsics, header(stamp)))
+            pub_info.publish(conv.camera_info_msg(intrinsics, header(stamp)))
             pub_anchors.publish(conv.xyzrgb_cloud_msg(points, None, header(stamp)))
             end = time.monotonic() + timeout_s
             while not node.anchor_buffer.query(stamp, 1e-6):
@@ -128,7 +144,8 @@ def benchmark_node(
     other = latency - backbone_ms
     stage_names = sorted({k for _, _, st in history for k in st})
     return {
-        "resolution": f"{w}x{h}",
+        # what the node published, so that a report cannot label one size with another's timings
+        "resolution": " ".join(f"{pw}x{ph}" for pw, ph in sorted(published_sizes)),
         "frames": len(history),
         "runtime": str(getattr(backbone, "runtime", "")),
         "latency_ms": {
