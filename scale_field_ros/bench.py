@@ -122,9 +122,10 @@ def bench_scale_field(ctx: BenchContext) -> dict[str, LatencyStats]:
     """The scale-field stage (bases, solve, compose, uncertainty) at the input size with 1000 anchors on this
     backbone's output for the input frame (its relative map and its features: the feature PCA's cost depends on
     them), from `pipeline.benchmark_scale_field`; one timed frame per call so that the report gets the spread,
-    plus its parts as "scale_field_<part>"."""
+    plus its parts as "scale_field_<part>"; and the stage as the node runs it, with the temporal filter, on a
+    stream of that frame ("scale_field_filtered", the filter's part "scale_field_filter")."""
     from .datasets import shared_root
-    from .pipeline import benchmark_scale_field
+    from .pipeline import benchmark_filtered, benchmark_scale_field
 
     if not (shared_root() / "data" / "nyu" / "manifest.json").is_file():
         return {}
@@ -133,6 +134,10 @@ def bench_scale_field(ctx: BenchContext) -> dict[str, LatencyStats]:
     stages = {"scale_field": latency_stats([r["scale_field"] for r in runs])}
     for part in ("bases", "solve", "compose"):
         stages[f"scale_field_{part}"] = latency_stats([r[part] for r in runs])
+    # the node also runs the temporal filter on every frame: the stage with it, and the filter's part
+    filtered = benchmark_filtered(out, SCALE_FIELD_ANCHORS, repeats=ctx.repeats)
+    stages["scale_field_filtered"] = latency_stats(filtered["scale_field_filtered"])
+    stages["scale_field_filter"] = latency_stats(filtered["filter"])
     return stages
 
 

@@ -603,6 +603,26 @@ def benchmark_scale_field(
     return stage_report(np.array(samples[2:]), used, out.shape)
 
 
+def benchmark_filtered(
+    out: BackboneOutput | None = None, n_anchors: int = 1000, repeats: int = 30, config: PipelineConfig | None = None
+) -> dict[str, list[float]]:
+    """The stage as the node runs it: the benchmark frame as a 30 Hz stream through the temporal filter, its
+    anchors drawn afresh each frame (`benchmark_input` seeds 0, 1, ...). Returns per-frame milliseconds of the
+    whole stage ("scale_field_filtered": bases, solve, filter, compose) and of the filter's share of it
+    ("filter"); the first two frames (the filter's birth) are not timed."""
+    cfg = dataclasses.replace(config or PipelineConfig(max_depth_m=10.0), filter=FilterConfig(enabled=True))
+    pipe = Pipeline(None, cfg)
+    stage, filt = [], []
+    for i in range(repeats + 2):
+        frame_out, anchors = benchmark_input(out, n_anchors, seed=i)
+        benchmark_anchors_used(frame_out, anchors, cfg.min_depth_m, cfg.max_depth_m)
+        t = pipe.process_output(frame_out, anchors, stamp_s=i / 30.0).timings_ms
+        if i >= 2:
+            stage.append(t.bases + t.solve + t.filter + t.compose)
+            filt.append(t.filter)
+    return {"scale_field_filtered": stage, "filter": filt}
+
+
 def benchmark_anchors_used(out: BackboneOutput, anchors: Anchors, min_depth_m: float, max_depth_m: float) -> int:
     """How many of the benchmark's anchors the stage uses; ValueError when the range drops any (the report would
     label a run on fewer anchors with the count asked for)."""

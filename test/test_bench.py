@@ -141,3 +141,17 @@ def test_node_benchmark_times_the_requested_image_size():
     stages = bench.bench_node_end_to_end(ctx)
     assert ctx.info["node_resolution"] == "320x240"
     assert stages["node_end_to_end"].repeats == 2 and 0.0 < ctx.info["node_non_backbone_share"] < 1.0
+
+
+def test_the_filtered_stage_runs_the_temporal_filter_on_every_timed_frame():
+    # the node runs the filter on every frame; the plain stage does not, so the report times it apart
+    import numpy as np
+    from field_backbone import infer
+
+    from scale_field_ros.pipeline import benchmark_filtered
+
+    _, out = infer("nyu", 0)
+    run = benchmark_filtered(out, 1000, repeats=3)
+    stage, filt = np.array(run["scale_field_filtered"]), np.array(run["filter"])
+    assert len(stage) == len(filt) == 3
+    assert np.all(filt > 0) and np.all(stage > filt)
