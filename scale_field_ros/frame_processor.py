@@ -251,6 +251,7 @@ class FrameProcessor:
             self.pose_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
         # the newest stamp, as the filter keeps it: steps back within the tolerance must not add up unseen
         self.last_processed_stamp_s = stamp_s if last is None or looped else max(last, stamp_s)
+        warnings.extend(self._drop_far_future(stamp_s))
         t1 = time.perf_counter_ns()
 
         sets = self.anchor_buffer.query(stamp_s)
@@ -302,6 +303,29 @@ class FrameProcessor:
             for image in (result.depth_m, result.std_m, result.scale_field):
                 image[~covered] = np.nan
         return step(ProcessedFrame(stamp_s, rgb, intrinsics, found, result), marks=(t1, t2, t3))
+
+    def _drop_far_future(self, stamp_s: float) -> list[InputWarning]:
+        """Anchor sets and odometry stamped more than `anchor_max_future` after this image are dropped. Once images
+        flow, such messages are refused on arrival; this catches those that came before the first image, with
+        nothing to compare them with (left buffered, a glitched stamp hid every later set until one arrived
+        far enough behind it to clear the buffer as a loop)."""
+        horizon = stamp_s + self.settings.anchor_max_future
+        warnings: list[InputWarning] = []
+        for cause, what, buffer in (
+            ("anchors_far_future", "anchor sets", self.anchor_buffer),
+            ("odom_far_future", "odometry", self.pose_buffer),
+        ):
+            newest = buffer.newest_stamp_s
+            if newest is not None and newest > horizon:
+                buffer.drop_newer_than(horizon)
+                warnings.append(
+                    (
+                        cause,
+                        f"{what} stamped up to {newest:.3f} s, more than {self.settings.anchor_max_future} s after "
+                        f"the image ({stamp_s:.3f} s), dropped",
+                    )
+                )
+        return warnings
 
     def _intrinsics_for(self, w: int, h: int, warnings: list[InputWarning]) -> Intrinsics | None:
         """Latest camera_info at the image's size; None (after a warning) when there is none or it cannot fit."""

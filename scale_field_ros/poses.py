@@ -151,6 +151,11 @@ class PoseBuffer:
         with self._lock:
             drop_newer(self._stamps, self._poses, stamp_s)
 
+    @property
+    def newest_stamp_s(self) -> float | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
     def covers(self, stamp_s: float) -> bool:
         """A sample at or after `stamp_s` is buffered: the pose there is interpolated, not extrapolated."""
         with self._lock:

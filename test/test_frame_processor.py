@@ -175,6 +175,30 @@ def test_odometry_far_ahead_of_the_images_is_refused_and_keeps_the_history(sun3d
     assert proc.on_odom(odom, 102.0) == []  # and the next normal sample is not taken for a loop
 
 
+def test_far_future_stamps_from_before_the_first_image_are_dropped_by_it(sun3d):
+    # with no image yet nothing bounds a stamp: a glitched one was kept and hid the later sets until one of them
+    # cleared the buffer as a loop ("anchor stamps went backwards", the wrong cause)
+    from nav_msgs.msg import Odometry
+
+    from scale_field_ros import msg_codec
+
+    proc, frame, msg = _processor(sun3d)
+    odom = Odometry()
+    odom.pose.pose.orientation.w = 1.0
+    points = np.array([[0.0, 0.0, 2.0], [0.3, 0.1, 2.5], [-0.2, 0.2, 3.0]], np.float32)
+    cloud = conv.cloud_msg(msg_codec.cloud_fields(points), header(0.0, "camera"))
+    for t in (9.95, 10.0):
+        proc.on_odom(odom, t)
+    proc.on_anchors(cloud, 10.0)
+    proc.on_odom(odom, 3610.0)  # glitched stamps, an hour ahead
+    proc.on_anchors(cloud, 3610.0)
+    causes = {cause for cause, _ in proc.process_image(msg, False, 10.01).warnings}
+    assert {"anchors_far_future", "odom_far_future"} <= causes
+    assert proc.anchor_buffer.newest_stamp_s is None and proc.pose_buffer.newest_stamp_s is None
+    assert proc.on_anchors(cloud, 10.03) == [] and proc.on_odom(odom, 10.03) == []  # no loop taken
+    assert proc.process_image(msg, False, 10.04).frame.found.n_sets == 1
+
+
 def test_a_larger_anchor_age_at_runtime_keeps_the_sets_it_asks_for():
     from scale_field_ros.anchor_buffer import AnchorBuffer
 
