@@ -112,7 +112,7 @@ def evaluate(
     import dataclasses
 
     from .datasets import load_dataset
-    from .metrics import DepthMetrics, compute_metrics, evaluation_mask, std_calibration
+    from .metrics import DepthMetrics, StdCalibration, compute_metrics, evaluation_mask, std_calibration
     from .patterns import Pattern, draw_anchors, supports
 
     fns, base_cfg, pipeline_cls = method_functions(spec.methods, pipeline_config)
@@ -138,7 +138,7 @@ def evaluate(
         if learned is not None:
             pipes["field_learned"] = pipeline_cls(None, cfg, bases_fn=learned)
         acc: dict[tuple[int, str], list[DepthMetrics]] = {}
-        calibration: dict[tuple[int, str], list[tuple[float, float]]] = {}  # the field's std against its error
+        calibration: dict[tuple[int, str], list[StdCalibration]] = {}  # the field's std against its error
         drawn: dict[int, list[int]] = {}
         for fi in range(len(ds)):
             frame = ds.frame(fi)
@@ -187,10 +187,11 @@ def evaluate(
                 vals = vals[np.isfinite(vals)]  # draws that left nothing to score do not count
                 row[key] = float(vals.mean()) if vals.size else None
             if (n, name) in calibration:
-                pairs = np.array(calibration[n, name], np.float64).reshape(-1, 2)
-                pairs = pairs[np.isfinite(pairs).all(axis=1)]
-                ratio, within = pairs.mean(axis=0) if len(pairs) else (None, None)
-                row["std_ratio_median"] = None if ratio is None else float(ratio)
-                row["within_1std"] = None if within is None else float(within)
+                keys = [f.name for f in dataclasses.fields(StdCalibration)]
+                table = np.array([[getattr(c, k) for k in keys] for c in calibration[n, name]], np.float64)
+                table = table[np.isfinite(table).all(axis=1)]  # draws that left nothing to score do not count
+                for k, column in zip(keys, table.T, strict=True):
+                    key = k if k == "within_1std" else f"std_{k}"
+                    row[key] = float(column.mean()) if len(table) else None
             rows.append(row)
     return rows

@@ -105,12 +105,55 @@ def shown(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def std_calibration(depth_m, std_m, truth_m, mask, caps) -> tuple[float, float]:
-    """How well the published std describes the error on the scored pixels: (median of |error| / std, fraction with
-    |error| <= std); 0.674 and 0.683 for a calibrated Gaussian std. NaN when no pixel is scored. The prediction
-    is clipped to the evaluation caps, as `compute_metrics` clips it."""
+SPARSIFICATION_STEPS = 20  # fractions 0, 0.05, ..., 0.95 of the pixels removed
+
+
+@dataclass(frozen=True)
+class StdCalibration:
+    """How well a published per-pixel std describes the error on the scored pixels.
+
+    ratio_median: median of |error| / std (0.674 for a calibrated Gaussian std); within_1std: the fraction with
+    |error| <= std (0.683); rms_ratio: RMS error over RMS std (1 when the std is right on average in the square,
+    whatever the shape of the error's distribution); ause: area under the sparsification error of AbsRel
+    (pixels removed in order of decreasing std / depth, against the order of their own AbsRel: 0 for a std that
+    ranks the errors perfectly); ause_random: the same for a random order (what a std that ranks nothing gets)."""
+
+    ratio_median: float
+    within_1std: float
+    rms_ratio: float
+    ause: float
+    ause_random: float
+
+    @staticmethod
+    def undefined() -> StdCalibration:
+        nan = float("nan")
+        return StdCalibration(nan, nan, nan, nan, nan)
+
+
+def std_calibration(depth_m, std_m, truth_m, mask, caps) -> StdCalibration:
+    """`StdCalibration` of `std_m` for `depth_m` against `truth_m` on `mask`; undefined (NaN) when no pixel is
+    scored. The prediction is clipped to the evaluation caps, as `compute_metrics` clips it."""
     if not mask.any():
-        return float("nan"), float("nan")
-    err = np.abs(np.clip(depth_m[mask], *caps) - truth_m[mask])
-    std = np.maximum(std_m[mask], 1e-12)
-    return float(np.median(err / std)), float(np.mean(err <= std))
+        return StdCalibration.undefined()
+    pred = np.clip(depth_m[mask], *caps).astype(np.float64)
+    truth = truth_m[mask].astype(np.float64)
+    err = np.abs(pred - truth)
+    std = np.maximum(std_m[mask].astype(np.float64), 1e-12)
+    absrel = err / truth
+    by_std = _sparsification(absrel, np.argsort(-(std / pred), kind="stable"))
+    oracle = _sparsification(absrel, np.argsort(-absrel, kind="stable"))
+    return StdCalibration(
+        ratio_median=float(np.median(err / std)),
+        within_1std=float(np.mean(err <= std)),
+        rms_ratio=float(np.sqrt(np.mean(err**2) / np.mean(std**2))),
+        ause=float(np.mean(by_std - oracle)),
+        ause_random=float(np.mean(absrel.mean() - oracle)),
+    )
+
+
+def _sparsification(error: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Mean `error` of the pixels left after removing the first 0, 5, ..., 95 % of `order`."""
+    n = len(error)
+    tail_sum = np.cumsum(error[order][::-1])[::-1]  # tail_sum[i]: sum over order[i:]
+    start = (np.arange(SPARSIFICATION_STEPS) * n) // SPARSIFICATION_STEPS
+    return tail_sum[start] / (n - start)

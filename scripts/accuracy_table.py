@@ -158,18 +158,21 @@ def calibration_lines(rows: list[dict]) -> list[str]:
     lines = [
         "## Confidence calibration (field)",
         "",
-        "How the published per-pixel std (metric_depth/confidence) compares with the error on the scored pixels: "
-        "the median of |error| / std and the fraction of pixels with |error| <= std, averaged over frames and seeds. "
-        "A calibrated Gaussian std gives 0.674 and 0.683; smaller ratios and larger fractions mean a std wider than "
-        "the error.",
+        "How the published per-pixel std (metric_depth/confidence) compares with the error on the scored pixels, "
+        "averaged over frames and seeds: the median of |error| / std and the fraction of pixels with |error| <= std "
+        "(0.674 and 0.683 for a calibrated Gaussian std; smaller ratios and larger fractions mean a std wider than "
+        "most errors); RMS error / RMS std (1 when the std is right on average in the square, whatever the shape of "
+        "the error's distribution); and how well the std ranks the errors: the area under the sparsification error "
+        "of AbsRel (AUSE; 0 for a perfect ranking), beside the area for a random ranking.",
         "",
-        "| pattern | corruption | dataset | anchors | median abs(error)/std | within 1 std |",
-        "|---|---|---|---:|---:|---:|",
+        "| pattern | corruption | dataset | anchors | median abs(error)/std | within 1 std | RMS error/std "
+        "| AUSE | AUSE random |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     picked.sort(key=lambda r: (r["pattern"], r["corruption"] != "clean", r["dataset"], r["anchors"]))
     lines += [
         f"| {r['pattern']} | {r['corruption']} | {r['dataset']} | {r['anchors']} | {r['std_ratio_median']:.3f} | "
-        f"{r['within_1std']:.3f} |"
+        f"{r['within_1std']:.3f} | {r['std_rms_ratio']:.2f} | {r['std_ause']:.4f} | {r['std_ause_random']:.4f} |"
         for r in picked
     ]
     return lines + [""]

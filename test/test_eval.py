@@ -143,8 +143,26 @@ def test_std_calibration_on_real_depth():
     mask = truth > 0
     pred = truth * np.float32(1.1)  # |error| = 0.1 truth
     caps = (1e-3, 10.0)
-    ratio, within = std_calibration(pred, 0.2 * truth, truth, mask, caps)
-    assert abs(ratio - 0.5) < 1e-3 and within == 1.0
-    ratio, within = std_calibration(pred, 0.05 * truth, truth, mask, caps)
-    assert abs(ratio - 2.0) < 1e-3 and within == 0.0
-    assert np.isnan(std_calibration(pred, truth, truth, np.zeros_like(mask), caps)[0])
+    c = std_calibration(pred, 0.2 * truth, truth, mask, caps)
+    assert abs(c.ratio_median - 0.5) < 1e-3 and c.within_1std == 1.0 and abs(c.rms_ratio - 0.5) < 1e-3
+    c = std_calibration(pred, 0.05 * truth, truth, mask, caps)
+    assert abs(c.ratio_median - 2.0) < 1e-3 and c.within_1std == 0.0 and abs(c.rms_ratio - 2.0) < 1e-3
+    assert np.isnan(std_calibration(pred, truth, truth, np.zeros_like(mask), caps).ratio_median)
+
+
+def test_sparsification_error_scores_how_the_std_ranks_the_errors():
+    from scale_field_ros.datasets import load_dataset
+    from scale_field_ros.metrics import std_calibration
+
+    truth = load_dataset(shared_root() / "data" / "nyu").frame(0).depth_m
+    mask = truth > 0
+    rel = np.random.default_rng(0).normal(0.0, 0.1, truth.shape).astype(np.float32)
+    pred = truth * (1.0 + rel)
+    caps = (1e-3, 10.0)
+    perfect = std_calibration(pred, np.abs(pred - truth) * pred / truth, truth, mask, caps)  # std / depth = AbsRel
+    assert abs(perfect.ause) < 1e-4 and perfect.ause_random > 0.02
+    inverted = std_calibration(pred, pred / np.maximum(np.abs(rel), 1e-6), truth, mask, caps)
+    assert inverted.ause > 1.5 * inverted.ause_random  # worst first kept: worse than no ranking at all
+    rng_std = pred * np.random.default_rng(1).uniform(0.05, 0.15, truth.shape).astype(np.float32)
+    random = std_calibration(pred, rng_std, truth, mask, caps)
+    assert abs(random.ause - random.ause_random) < 0.1 * random.ause_random
