@@ -393,7 +393,7 @@ class Pipeline:
             return self._local_filter.step(shape, stamp_s)
         measured = local.log_ratio if carried is None else carried + local.log_ratio
         noise = np.float32(self.config.noise_rel**2)
-        alone = dataclasses.replace(local, residual_var=max(local.residual_var, misfit_log_var)).variance()
+        alone = local.with_misfit(misfit_log_var).variance()
         return self._local_filter.step(shape, stamp_s, measured, local.variance() + noise, alone)
 
     def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors):

@@ -10,7 +10,7 @@ spatial cell follows the anchors' spacing, so more anchors give a finer correcti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -41,16 +41,59 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class LocalCorrection:
-    """Per-pixel log correction at working resolution, with the anchor density behind it."""
+    """Per-pixel log correction at working resolution, with the anchor density behind it.
+
+    The anchors' misfit before the correction is split in two (`edge_misfit`): a part that depends on the
+    relative map's log-depth gradient there (`edge_var`: at a depth edge the network's blurred or shifted edge
+    misses the true one by a fraction of a pixel or more, and the correction, smooth between anchors, does not
+    mend it) and the rest (`residual_var`), which the correction removes where anchors are dense."""
 
     log_ratio: np.ndarray  # h x w float32
     density: np.ndarray  # h x w, anchors (weight) per working-res pixel neighbourhood
-    residual_var: float  # mean squared inlier log residual before the correction (model misfit)
+    residual_var: float  # mean squared inlier log residual before the correction, less its edge part
     prior_count: float
+    edge_var: np.ndarray | float = 0.0  # h x w float32: the misfit's edge part (log-depth variance), or 0
+    edge_var_at_anchors: float = 0.0  # its mean over the anchors (the part of their misfit it explains)
 
     def variance(self) -> np.ndarray:
-        """Remaining log-depth variance: the misfit where no anchor is near, shrinking with density."""
-        return (self.residual_var * self.prior_count / (self.density + self.prior_count)).astype(np.float32)
+        """Remaining log-depth variance: the misfit where no anchor is near, shrinking with density, plus the
+        edge part, which does not."""
+        off_edge = self.residual_var * self.prior_count / (self.density + self.prior_count)
+        return (off_edge + self.edge_var).astype(np.float32)
+
+    def with_misfit(self, misfit_log_var: float) -> LocalCorrection:
+        """The correction with its residual variance raised to the field's misfit (`misfit_log_var`, the raw
+        anchors' mean squared log residual) less the part of that the edge term explains."""
+        return replace(self, residual_var=max(self.residual_var, misfit_log_var - self.edge_var_at_anchors))
+
+
+def edge_strength(log_g_work: np.ndarray) -> np.ndarray:
+    """Squared log-depth gradient per working pixel (Sobel, normalised to a unit step), the largest over each
+    3 x 3 neighbourhood: an edge's misplacement reaches the pixels beside it."""
+    gx = cv2.Sobel(log_g_work, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(log_g_work, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    return cv2.dilate(gx * gx + gy * gy, np.ones((3, 3), np.uint8))
+
+
+def edge_misfit(squared: np.ndarray, edge: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """(v0, k) of the weighted least-squares line squared ~ v0 + k * edge, both >= 0: the anchors' squared log
+    residuals against the edge strength at each (`edge_strength`). k is 0 where the residuals do not grow with
+    the gradient, or no two anchors differ in it."""
+    total = float(weight.sum())
+    if total <= 0:
+        return 0.0, 0.0
+    mean_sq = float(weight @ squared) / total
+    mean_e = float(weight @ edge) / total
+    var_e = float(weight @ (edge - mean_e) ** 2) / total
+    if var_e <= 1e-12 * max(mean_e * mean_e, 1e-30):
+        return mean_sq, 0.0
+    k = float(weight @ ((edge - mean_e) * (squared - mean_sq))) / total / var_e
+    if k <= 0:
+        return mean_sq, 0.0
+    v0 = mean_sq - k * mean_e
+    if v0 < 0:  # the line through the origin instead
+        return 0.0, float(weight @ (edge * squared)) / float(weight @ (edge * edge))
+    return v0, k
 
 
 def local_correction(
@@ -65,12 +108,14 @@ def local_correction(
     """The local correction field from the anchors' log residual ratios."""
     h, w = log_g_work.shape
     value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
-    resid_var = float(np.average(value**2, weights=weight)) if weight.sum() > 0 else 0.0
+    edge = edge_strength(log_g_work)
+    yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
+    xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
+    resid_var, k_edge = edge_misfit(value**2, edge[yi, xi].astype(np.float64), weight)
+    edge_at_anchors = k_edge * float(np.average(edge[yi, xi], weights=weight)) if weight.sum() > 0 else 0.0
     pc = max(config.prior_count, 1e-3)
     if config.method == "grid":
         lo, hi = float(log_g_work.min()), float(log_g_work.max())
-        yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
-        xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
         grid = fit_local(x_work, y_work, log_g_work[yi, xi], value, weight, (h, w), (lo, hi), config, hull_fraction)
         corr, density = slice_local(grid, log_g_work)
     elif config.method == "delaunay":
@@ -80,7 +125,8 @@ def local_correction(
     else:
         corr, density = push_pull(x_work, y_work, value, weight, (h, w), config.prior_count, config.pushpull_tau)
         density = cv2.boxFilter(density, -1, (5, 5), normalize=False)
-    return LocalCorrection(corr, density.astype(np.float32), resid_var, pc)
+    edge_var = edge * np.float32(k_edge) if k_edge > 0 else 0.0
+    return LocalCorrection(corr, density.astype(np.float32), resid_var, pc, edge_var, edge_at_anchors)
 
 
 @dataclass(frozen=True)

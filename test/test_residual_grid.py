@@ -92,3 +92,42 @@ def test_push_pull_puts_the_coarse_levels_where_pyrdown_took_them(axis):
     i = int(np.flatnonzero((line[:-1] > 0) & (line[1:] <= 0))[0])
     crossing = i + line[i] / (line[i] - line[i + 1])
     assert abs(crossing - along.mean()) < 1.5
+
+
+def test_edge_misfit_fits_the_residuals_growth_with_the_gradient():
+    from scale_field_ros.residual_grid import edge_misfit
+
+    edge = np.linspace(0.0, 0.04, 200)
+    weight = np.ones_like(edge)
+    v0, k = edge_misfit(0.001 + 2.5 * edge, edge, weight)
+    assert v0 == pytest.approx(0.001) and k == pytest.approx(2.5)
+    # residuals that shrink with the gradient, or anchors all on one gradient: no edge part, the plain mean
+    assert edge_misfit(0.1 - edge, edge, weight) == (pytest.approx(np.mean(0.1 - edge)), 0.0)
+    assert edge_misfit(np.full(5, 0.02), np.full(5, 0.3), np.ones(5)) == (pytest.approx(0.02), 0.0)
+    v0, k = edge_misfit(3.0 * edge, edge + 0.01, weight)  # the line would cut below 0: through the origin
+    assert v0 == 0.0 and k > 0
+
+
+@pytest.mark.parametrize("dataset", ["nyu", "sun3d_seq"])
+def test_the_edge_term_ranks_the_errors_better(dataset, monkeypatch):
+    # FastDepth's errors are many times larger at its depth edges than on flat ground, and the local correction
+    # does not mend them: a std grown with the gradient puts them first (sparsification error, AUSE)
+    import scale_field_ros.residual_grid as residual_grid
+    from scale_field_ros.metrics import evaluation_mask, std_calibration
+    from scale_field_ros.pipeline import Pipeline, PipelineConfig
+
+    frame, out = infer(dataset, 0)
+    pipe = Pipeline(None, PipelineConfig(max_depth_m=10.0))
+    ause = np.zeros(2)
+    for seed in range(3):
+        draw = draw_anchors(frame, "uniform", 1000, seed=seed)
+        mask = evaluation_mask(draw.truth_depth_m, 0.1, 10.0, draw.anchors)
+        with monkeypatch.context() as patch:
+            with_edges = pipe.process_output(out, draw.anchors)
+            patch.setattr(residual_grid, "edge_misfit", lambda sq, e, w: (float(np.average(sq, weights=w)), 0.0))
+            without = pipe.process_output(out, draw.anchors)
+        np.testing.assert_array_equal(with_edges.depth_m, without.depth_m)  # the std only
+        for i, r in enumerate((with_edges, without)):
+            ause[i] += std_calibration(r.depth_m, r.std_m, draw.truth_depth_m, mask, (0.1, 10.0)).ause
+    print(dataset, "AUSE with / without the edge term", ause / 3)
+    assert ause[0] < 0.9 * ause[1]
