@@ -136,15 +136,7 @@ def test_stamps_creeping_back_add_up_to_a_reported_reset(sun3d):
 
 
 def test_a_bag_loop_keeps_the_new_timelines_early_odometry_and_anchors(sun3d):
-    from nav_msgs.msg import Odometry
-
-    proc, frame, msg = _processor(sun3d)
-    odom = Odometry()
-    odom.pose.pose.orientation.w = 1.0
-    points = np.array([[0.0, 0.0, 2.0], [0.3, 0.1, 2.5], [-0.2, 0.2, 3.0]], np.float32)
-    from scale_field_ros import msg_codec
-
-    cloud = conv.cloud_msg(msg_codec.cloud_fields(points), header(0.0, "camera"))
+    proc, msg, odom, cloud = _processor_with_odom_and_cloud(sun3d)
     for t in (50.0, 50.05, 50.1):  # the old timeline
         proc.on_odom(odom, t)
         proc.on_anchors(cloud, t)
@@ -178,15 +170,7 @@ def test_odometry_far_ahead_of_the_images_is_refused_and_keeps_the_history(sun3d
 def test_far_future_stamps_from_before_the_first_image_are_dropped_by_it(sun3d):
     # with no image yet nothing bounds a stamp: a glitched one was kept and hid the later sets until one of them
     # cleared the buffer as a loop ("anchor stamps went backwards", the wrong cause)
-    from nav_msgs.msg import Odometry
-
-    from scale_field_ros import msg_codec
-
-    proc, frame, msg = _processor(sun3d)
-    odom = Odometry()
-    odom.pose.pose.orientation.w = 1.0
-    points = np.array([[0.0, 0.0, 2.0], [0.3, 0.1, 2.5], [-0.2, 0.2, 3.0]], np.float32)
-    cloud = conv.cloud_msg(msg_codec.cloud_fields(points), header(0.0, "camera"))
+    proc, msg, odom, cloud = _processor_with_odom_and_cloud(sun3d)
     for t in (9.95, 10.0):
         proc.on_odom(odom, t)
     proc.on_anchors(cloud, 10.0)
@@ -235,6 +219,20 @@ def test_pixels_beyond_the_lens_model_have_no_depth(sun3d):
     points = fisheye.unproject(result.depth_m)
     assert np.array_equal(np.isfinite(points).all(axis=-1), covered)
     assert Intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480).lens_coverage(480, 640) is None  # a pinhole sees all
+
+
+def _processor_with_odom_and_cloud(sun3d):
+    """`_processor`'s processor and image, an identity Odometry and a three-point camera-frame cloud (restamped
+    by the calls that take them)."""
+    from nav_msgs.msg import Odometry
+
+    from scale_field_ros import msg_codec
+
+    proc, _, msg = _processor(sun3d)
+    odom = Odometry()
+    odom.pose.pose.orientation.w = 1.0
+    points = np.array([[0.0, 0.0, 2.0], [0.3, 0.1, 2.5], [-0.2, 0.2, 3.0]], np.float32)
+    return proc, msg, odom, conv.cloud_msg(msg_codec.cloud_fields(points), header(0.0, "camera"))
 
 
 def _processor(sun3d):
