@@ -159,7 +159,8 @@ def test_sparsification_error_scores_how_the_std_ranks_the_errors():
     rel = np.random.default_rng(0).normal(0.0, 0.1, truth.shape).astype(np.float32)
     pred = truth * (1.0 + rel)
     caps = (1e-3, 10.0)
-    perfect = std_calibration(pred, np.abs(pred - truth) * pred / truth, truth, mask, caps)  # std / depth = AbsRel
+    std_m = np.abs(pred - truth) * pred / np.where(mask, truth, 1.0)  # std / depth = AbsRel
+    perfect = std_calibration(pred, std_m, truth, mask, caps)
     assert abs(perfect.ause) < 1e-4 and perfect.ause_random > 0.02
     inverted = std_calibration(pred, pred / np.maximum(np.abs(rel), 1e-6), truth, mask, caps)
     assert inverted.ause > 1.5 * inverted.ause_random  # worst first kept: worse than no ranking at all
