@@ -111,8 +111,9 @@ def local_correction(
     edge = edge_strength(log_g_work)
     yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
     xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
-    resid_var, k_edge = edge_misfit(value**2, edge[yi, xi].astype(np.float64), weight)
-    edge_at_anchors = k_edge * float(np.average(edge[yi, xi], weights=weight)) if weight.sum() > 0 else 0.0
+    edge_at = edge[yi, xi].astype(np.float64)
+    resid_var, k_edge = edge_misfit(value**2, edge_at, weight)
+    edge_at_anchors = k_edge * float(np.average(edge_at, weights=weight)) if weight.sum() > 0 else 0.0
     pc = max(config.prior_count, 1e-3)
     if config.method == "grid":
         lo, hi = float(log_g_work.min()), float(log_g_work.max())
