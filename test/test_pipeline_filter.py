@@ -152,3 +152,30 @@ def _corner_anchors(frame) -> Anchors:
     rows, cols = np.nonzero(frame.depth_m[20:90, 20:120] > 0)
     pick = np.random.default_rng(0).choice(len(rows), 30, replace=False)
     return Anchors.from_arrays(cols[pick] + 20, rows[pick] + 20, frame.depth_m[rows[pick] + 20, cols[pick] + 20])
+
+
+def test_stage_timings_put_the_filters_time_under_filter(monkeypatch):
+    """Both filter steps (weights, inside the solve's span; local correction, before compose) count as `filter`
+    only: a 30 ms stall in each lands there, solve and compose stay below it, and the parts sum to the total."""
+    import time
+
+    from scale_field_ros import pipeline as pipeline_module
+
+    frame, out = infer("sun3d_seq", 0)
+    pipe = Pipeline(None, FILTERED)
+    pipe.process_output(out, draw_anchors(frame, "uniform", 200, seed=0).anchors, 0.0)  # a state to update
+    stall_s = 0.03
+    for cls in (pipeline_module.WeightFilter, pipeline_module.CorrectionFilter):
+        step = cls.update if cls is pipeline_module.WeightFilter else cls.step
+
+        def slow(self, *args, _step=step, **kwargs):
+            time.sleep(stall_s)
+            return _step(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "update" if cls is pipeline_module.WeightFilter else "step", slow)
+    res = pipe.process_output(out, draw_anchors(frame, "uniform", 200, seed=1).anchors, DT)
+    assert res.fit.level is FitLevel.FULL and not res.coasting
+    t = res.timings_ms
+    assert t.filter >= 2 * stall_s * 1e3
+    assert 0 <= t.solve < stall_s * 1e3 and 0 <= t.compose < stall_s * 1e3
+    assert abs(t.bases + t.solve + t.compose + t.filter + t.backbone - t.total) < 1e-6
