@@ -35,6 +35,8 @@ class BackboneOutput:
     features: name -> C x h x w float32 feature map at the network's own resolution.
     graph_basis_config: for a graph that computes the analytic bases (features `bases`, `inv_rel_work`), the
         `BasisConfig.maps_signature` it was exported with; "" otherwise.
+    learned_bases_head: for a graph that computes a basis head's maps (feature `learned_bases`), the weights
+        digest of that head (`basis_head.state_digest`); "" otherwise or when the file does not say.
     """
 
     relative: np.ndarray
@@ -42,6 +44,7 @@ class BackboneOutput:
     metric: bool
     features: dict[str, np.ndarray] = field(default_factory=dict)
     graph_basis_config: str = ""
+    learned_bases_head: str = ""
 
     def __post_init__(self) -> None:
         if self.relative.ndim != 2:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .backbone import Backbone, BackboneOutput, DepthKind, to_rgb8
 from .depth_anything import VARIANTS as DEPTH_ANYTHING_VARIANTS
+from .graph_backbone import LEARNED_HEAD_META_KEY
 from .runtime_select import (
     ORT_CPU,
     ORT_CUDA,
@@ -142,9 +143,11 @@ def load_backbone(
     if is_onnx:
         if runtime != "onnxruntime":
             raise ValueError(f"{path} is an ONNX file: it runs only with runtime 'onnxruntime', not {runtime!r}")
-        depth_name, *feature_names = _check_onnx_file(path)
+        (depth_name, *feature_names), props = _check_onnx_file(path)
         runner = _ort_runner(path, [depth_name, *feature_names], threads)
-        return FastDepthBackbone(runner, runtime, path, _ort_threads(threads), tuple(feature_names))
+        backbone = FastDepthBackbone(runner, runtime, path, _ort_threads(threads), tuple(feature_names))
+        backbone.learned_bases_head = props.get(LEARNED_HEAD_META_KEY, "")
+        return backbone
     from .fastdepth import DEPTH_OUTPUT, FEATURE_NAMES, FastDepthGraph
     from .tflite_weights import load_fastdepth
 
@@ -170,6 +173,7 @@ class FastDepthBackbone:
     `threads`: the intra-op threads it runs on."""
 
     name = "fastdepth"
+    learned_bases_head = ""  # a graph with a basis head's maps: that head's weights digest (file metadata)
 
     def __init__(
         self,
@@ -220,6 +224,7 @@ class FastDepthBackbone:
                 k: np.ascontiguousarray(v[0], dtype=np.float32)
                 for k, v in zip(self._feature_names, features, strict=True)
             },
+            learned_bases_head=self.learned_bases_head,
         )
 
 
@@ -278,9 +283,9 @@ def fastdepth_graph_onnx(tflite_path: Path, bases: str = "analytic") -> Path:
     raise ModelFileError(f"could not write the graph export {name} to {cache_dir()} or the temp dir")
 
 
-def _check_onnx_file(path: Path) -> list[str]:
+def _check_onnx_file(path: Path) -> tuple[list[str], dict[str, str]]:
     """The outputs of an ONNX file with FastDepth's interface (input 1x3x224x224, output 'depth'), the depth
-    first and then the others (the features, in the file's order); else `ModelFileError`."""
+    first and then the others (the features, in the file's order), and its metadata; else `ModelFileError`."""
     from .fastdepth import DEPTH_OUTPUT, INPUT_SIZE
 
     expected = f"an ONNX export of FastDepth (input 1x3x{INPUT_SIZE}x{INPUT_SIZE}, output '{DEPTH_OUTPUT}')"
@@ -292,11 +297,12 @@ def _check_onnx_file(path: Path) -> list[str]:
         model = onnx.load(str(path), load_external_data=False)
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         outputs = [o.name for o in model.graph.output]
+        props = {p.key: p.value for p in model.metadata_props}
     except Exception as exc:
         raise ModelFileError(f"model file {path} is not a readable ONNX model ({exc}); expected {expected}") from exc
     if dims != [1, 3, INPUT_SIZE, INPUT_SIZE] or DEPTH_OUTPUT not in outputs:
         raise ModelFileError(f"model file {path} has input {dims} and outputs {outputs}; expected {expected}")
-    return [DEPTH_OUTPUT, *(name for name in outputs if name != DEPTH_OUTPUT)]
+    return [DEPTH_OUTPUT, *(name for name in outputs if name != DEPTH_OUTPUT)], props
 
 
 def _cached_onnx(model, sha256: str) -> Path:

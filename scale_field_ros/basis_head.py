@@ -8,14 +8,17 @@ learned ones), so design, solve, temporal filter and compose are shared with the
 
 A checkpoint records the backbone, the taps and their channel counts, K and the head's width; loading it
 against a backbone whose features differ is a clear error. `export_fastdepth_with_head` writes one ONNX graph
-computing depth, features and the head's maps (output `learned_bases`); `LearnedBases` then uses that output
-directly instead of running the head.
+computing depth, features and the head's maps (output `learned_bases`, with the head's weights digest in the
+file's metadata); `LearnedBases` then uses that output directly instead of running the head, when the digest is
+its own head's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from .anchors import Anchors
 from .backbone import BackboneOutput
 from .bases import relative_inverse_depth, working_shape
 from .basis_set import BasisConfig, BasisSet
-from .graph_backbone import LEARNED_BASES_OUTPUT
+from .graph_backbone import LEARNED_BASES_OUTPUT, LEARNED_HEAD_META_KEY
 from .hashing import file_sha256
 
 CHECKPOINT_FORMAT = 1
@@ -200,6 +203,17 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> tuple[Basi
     return head.eval(), dict(state.get("training", {}))
 
 
+@functools.lru_cache(maxsize=8)
+def _warn_other_head(graph: str, wanted: str) -> None:
+    """Once per pair: the graph's learned maps are ignored (the head runs here) because another head made them."""
+    warnings.warn(
+        f"the backbone graph's {BASES_OUTPUT} come from basis head {graph[:12] or 'unknown'}, the checkpoint's head is "
+        f"{wanted[:12]}: running the checkpoint's head on the features instead (re-export the graph with "
+        "`export_fastdepth_with_head` to use its maps)",
+        stacklevel=4,
+    )
+
+
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 over the weights' names, shapes and bytes, in name order."""
     h = hashlib.sha256()
@@ -250,6 +264,7 @@ class LearnedBases:
         self.spec = head.spec
         self.training = training or {}
         self.names = ("const", *(f"learned{i}" for i in range(self.spec.k)))
+        self.digest = state_digest(self.head.state_dict())  # a graph's maps are used only if this head made them
 
     @staticmethod
     def from_checkpoint(path: str | Path, backbone: str | None = None) -> LearnedBases:
@@ -257,10 +272,13 @@ class LearnedBases:
         return LearnedBases(head, training)
 
     def low_maps(self, out: BackboneOutput, g: np.ndarray) -> torch.Tensor:
-        """1 x K x h0 x w0: the graph's `learned_bases` output when present, else the head run here."""
+        """1 x K x h0 x w0: the graph's `learned_bases` output when this head computed it, else the head run here
+        (a graph exported with another head: once with a warning)."""
         given = out.features.get(BASES_OUTPUT)
-        if given is not None and given.ndim == 3 and given.shape[0] == self.spec.k:
-            return torch.from_numpy(finite_float32(given))[None]
+        if given is not None:
+            if out.learned_bases_head == self.digest and given.ndim == 3 and given.shape[0] == self.spec.k:
+                return torch.from_numpy(finite_float32(given))[None]
+            _warn_other_head(out.learned_bases_head, self.digest)
         feats = tap_tensors(out.features, self.spec)
         with torch.inference_mode():
             return self.head(feats, torch.from_numpy(g)[None, None])
@@ -315,4 +333,6 @@ def export_fastdepth_with_head(model_path: str | Path, checkpoint: str | Path, o
     head, _ = load_checkpoint(checkpoint, "fastdepth")
     model, _ = load_fastdepth(Path(model_path))
     module = FastDepthWithHead(model.eval(), head)
-    return export_onnx(module, out, (INPUT_SIZE, INPUT_SIZE), [DEPTH_OUTPUT, *FEATURE_NAMES, BASES_OUTPUT])
+    names = [DEPTH_OUTPUT, *FEATURE_NAMES, BASES_OUTPUT]
+    digest = {LEARNED_HEAD_META_KEY: state_digest(head.state_dict())}  # which head's maps the file computes
+    return export_onnx(module, out, (INPUT_SIZE, INPUT_SIZE), names, metadata=digest)

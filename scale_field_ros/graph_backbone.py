@@ -33,6 +33,7 @@ BASES_OUTPUT = "bases"  # 1xKxhxw analytic basis maps (`bases_torch`), when the 
 INV_REL_WORK_OUTPUT = "inv_rel_work"  # 1xhxw relative inverse depth at their working resolution, median 1
 BASIS_OUTPUTS = (BASES_OUTPUT, INV_REL_WORK_OUTPUT)  # last outputs of a graph with bases, in this order
 LEARNED_BASES_OUTPUT = "learned_bases"  # a trained basis head's maps, in FastDepth's graph (`basis_head`)
+LEARNED_HEAD_META_KEY = "scale_field_ros.learned_bases_head"  # ... and the weights digest of the head behind them
 INPUT_NAME = "image"
 ASPECT_TOLERANCE = 0.02  # relative aspect change above which a fixed-size graph distorts visibly
 

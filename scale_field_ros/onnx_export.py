@@ -32,12 +32,14 @@ def export_onnx(
     dynamic: bool = False,
     opset: int = DEFAULT_OPSET,
     input_name: str = INPUT_NAME,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export `module` (eval mode, CPU) to ONNX at `path`, written atomically; returns the path.
 
     input_hw: (height, width) of the example input (batch 1, 3 channels, float32).
     output_names: one name per flattened output tensor; a count mismatch raises ValueError.
     dynamic: make batch, height and width of the input (and all outputs' leading axes) symbolic.
+    metadata: key -> value pairs written into the file's metadata_props (what the graph computes with).
     """
     import torch
 
@@ -78,6 +80,13 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,  # the dynamo exporter needs onnxscript; the TorchScript one covers conv nets
             )
+        if metadata:
+            import onnx
+
+            model = onnx.load(tmp)
+            for key, value in metadata.items():
+                model.metadata_props.add(key=key, value=value)
+            onnx.save(model, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -169,6 +169,17 @@ def test_onnx_export_with_head_matches_pytorch(tmp_path, fastdepth_path):
     from_graph = LearnedBases(head)(ort_out, BasisConfig(), 100).maps
     from_head = LearnedBases(head)(torch_out, BasisConfig(), 100).maps
     assert np.corrcoef(from_graph.ravel(), from_head.ravel())[0, 1] > 0.95
+    # a checkpoint whose head did not make the graph's maps (retrained, not re-exported): its own head runs, with a
+    # warning, on the same graph output's features, instead of the graph's maps being used as if they were its own
+    other = LearnedBases(_head(k=3, seed=1))
+    assert ort_out.learned_bases_head == LearnedBases(head).digest != other.digest
+    with pytest.warns(UserWarning, match="re-export"):
+        mine = other(ort_out, BasisConfig(), 100).maps
+    without_graph_maps = dataclasses.replace(
+        ort_out, features={k: v for k, v in ort_out.features.items() if k != BASES_OUTPUT}
+    )
+    np.testing.assert_allclose(mine, other(without_graph_maps, BasisConfig(), 100).maps, atol=1e-6)
+    assert np.corrcoef(mine.ravel(), from_graph.ravel())[0, 1] < 0.9
 
 
 def test_pipeline_uses_the_configured_learned_head_and_falls_back_without_one(tmp_path):
