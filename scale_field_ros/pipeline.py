@@ -32,7 +32,7 @@ from .field import (
     prior_around,
     relative_to_fit,
 )
-from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent
+from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent, with_own_misfit
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
 
@@ -196,15 +196,18 @@ class Pipeline:
             alone = alone or bool(reset_reason)
             reset_reason = reset_reason or stamp_reset
             t_filter += time.perf_counter() - tf
-        local = None
+        local = local_alone = None
         carried = self._local_filter.current(bases.work_shape) if use_filter and cfg.local.enabled else None
         if cfg.local.enabled and fit.level is FitLevel.FULL and fit.n_anchors >= cfg.local.min_anchors:
             # with a carried correction, what the anchors add to it (the innovation), else the whole correction;
             # the weights themselves are fitted to the raw anchors, so the field, not the correction, explains
             # what it can (fitted to anchors with the correction taken out, the first frame's split between
             # field and correction would stick)
-            residual_of = design if carried is None else _decorrected(design, bases, clean, carried)
-            local = self._fit_local(bases, residual_of, fit, clean)
+            if carried is None:
+                local = local_alone = self._fit_local(bases, design, fit, clean)
+            else:
+                decorrected = _decorrected(design, bases, clean, carried)
+                local, local_alone = self._fit_local(bases, decorrected, fit, clean, raw_design=design)
         misfit = _misfit_log_var(design, fit)
         t2 = time.perf_counter()
         t_filter_in_solve = t_filter  # the weight filter ran inside the solve's span, the local one runs below
@@ -215,7 +218,7 @@ class Pipeline:
             elif fit.level is not FitLevel.PRIOR:
                 self._misfit = misfit
             if cfg.local.enabled:
-                local = self._filter_local(local, carried, misfit, bases.work_shape, stamp_s)
+                local = self._filter_local(local, local_alone, carried, misfit, bases.work_shape, stamp_s)
             t_filter += time.perf_counter() - tf
         est = compose(bases, fit.weights, fit.covariance, cfg.min_depth_m, cfg.max_depth_m, local, misfit)
         if alone and local is None:
@@ -380,6 +383,7 @@ class Pipeline:
     def _filter_local(
         self,
         local: LocalCorrection | None,
+        local_alone: LocalCorrection | None,
         carried: np.ndarray | None,
         misfit_log_var: float,
         shape: tuple[int, int],
@@ -388,27 +392,34 @@ class Pipeline:
         """The local correction through the per-pixel filter. The frame measures the carried correction plus
         what its anchors add to it (innovation form: between sparse anchors the carried detail stays), with
         the anchors' noise plus the added correction's own remaining variance (large far from anchors). The
-        published variance stays at least what the frame alone would publish (`misfit_log_var`: the raw
-        anchors' squared log residual under the fitted field)."""
+        published variance stays at least what the frame alone would publish: `local_alone`, the correction's
+        variance from the frame's own residuals (not the innovation's, near 0 when the anchors repeat), raised
+        to `misfit_log_var`, the anchors' squared log residual under the fitted field."""
         if local is None:
             return self._local_filter.step(shape, stamp_s)
         measured = local.log_ratio if carried is None else carried + local.log_ratio
         noise = np.float32(self.config.noise_rel**2)
-        alone = local.with_misfit(misfit_log_var).variance()
+        alone = (local_alone or local).with_misfit(misfit_log_var).variance()
         return self._local_filter.step(shape, stamp_s, measured, local.variance() + noise, alone)
 
-    def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors):
+    def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors, raw_design=None):
+        """The local correction from the residuals of `design`'s targets under `fit`, or None (too few anchors
+        left). With `raw_design` (the same rows, `design` being them with a carried correction taken out): the
+        pair (correction, the same with its misfit from the raw residuals, `with_own_misfit`), or (None, None)."""
         fitted = design.matrix @ fit.weights
+        none = None if raw_design is None else (None, None)
         ok = (fitted > 0) & np.isfinite(design.target)
+        if raw_design is not None:
+            ok &= np.isfinite(raw_design.target)
         if ok.sum() < self.config.local.min_anchors:
-            return None
+            return none
         log_ratio_all = np.log(design.target[ok] / fitted[ok])
         a = anchors.subset(np.flatnonzero(ok))
         # outliers for the local term: anchors that disagree with their neighbours (misfit of the global field
         # is spatially coherent, a wrong anchor is not)
         keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log, log_g=_log_g_at(bases, a))
         if keep.sum() < self.config.local.min_anchors:
-            return None
+            return none
         a = a.subset(np.flatnonzero(keep))
         log_ratio = log_ratio_all[keep]
         fh, fw = bases.full_shape
@@ -416,9 +427,12 @@ class Pipeline:
         xw = (a.u.astype(np.float64) + 0.5) * (w / fw) - 0.5
         yw = (a.v.astype(np.float64) + 0.5) * (h / fh) - 0.5
         hull = _hull_fraction(xw, yw, (h, w))
-        return local_correction(
-            xw, yw, log_ratio, a.weight.astype(np.float64), np.log(bases.inv_rel_work), self.config.local, hull
-        )
+        weight, log_g_work = a.weight.astype(np.float64), np.log(bases.inv_rel_work)
+        local = local_correction(xw, yw, log_ratio, weight, log_g_work, self.config.local, hull)
+        if raw_design is None:
+            return local
+        raw_log_ratio = np.log(raw_design.target[ok][keep] / fitted[ok][keep])
+        return local, with_own_misfit(local, xw, yw, raw_log_ratio, weight, log_g_work, self.config.local)
 
 
 def _explained(fit: FitResult, why: str) -> FitResult:

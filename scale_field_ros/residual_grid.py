@@ -108,12 +108,9 @@ def local_correction(
     """The local correction field from the anchors' log residual ratios."""
     h, w = log_g_work.shape
     value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
-    edge = edge_strength(log_g_work)
     yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
     xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
-    edge_at = edge[yi, xi].astype(np.float64)
-    resid_var, k_edge = edge_misfit(value**2, edge_at, weight)
-    edge_at_anchors = k_edge * float(np.average(edge_at, weights=weight)) if weight.sum() > 0 else 0.0
+    resid_var, edge_var, edge_at_anchors = _misfit_split(value, weight, edge_strength(log_g_work), xi, yi)
     pc = max(config.prior_count, 1e-3)
     if config.method == "grid":
         lo, hi = float(log_g_work.min()), float(log_g_work.max())
@@ -126,8 +123,38 @@ def local_correction(
     else:
         corr, density = push_pull(x_work, y_work, value, weight, (h, w), config.prior_count, config.pushpull_tau)
         density = cv2.boxFilter(density, -1, (5, 5), normalize=False)
-    edge_var = edge * np.float32(k_edge) if k_edge > 0 else 0.0
     return LocalCorrection(corr, density.astype(np.float32), resid_var, pc, edge_var, edge_at_anchors)
+
+
+def with_own_misfit(
+    local: LocalCorrection,
+    x_work: np.ndarray,
+    y_work: np.ndarray,
+    log_ratio: np.ndarray,
+    weight: np.ndarray,
+    log_g_work: np.ndarray,
+    config: LocalConfig,
+) -> LocalCorrection:
+    """`local` (its correction and density) with the misfit split redone on `log_ratio`, other residuals at the
+    same anchors. With a carried correction, `local` is fitted to what the anchors add to it, and its misfit is
+    that innovation's, near 0 when the anchors repeat; the frame's own residuals give the variance the frame
+    alone would publish, the temporal filter's floor."""
+    h, w = log_g_work.shape
+    value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
+    yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
+    xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
+    resid_var, edge_var, edge_at_anchors = _misfit_split(value, weight, edge_strength(log_g_work), xi, yi)
+    return replace(local, residual_var=resid_var, edge_var=edge_var, edge_var_at_anchors=edge_at_anchors)
+
+
+def _misfit_split(value, weight, edge, xi, yi) -> tuple[float, np.ndarray | float, float]:
+    """(residual_var, edge_var map or 0, edge_var_at_anchors) of `LocalCorrection` from the anchors' clipped log
+    residuals `value` at working pixels (xi, yi), against the edge strength map `edge`."""
+    edge_at = edge[yi, xi].astype(np.float64)
+    resid_var, k_edge = edge_misfit(value**2, edge_at, weight)
+    edge_at_anchors = k_edge * float(np.average(edge_at, weights=weight)) if weight.sum() > 0 else 0.0
+    edge_var = edge * np.float32(k_edge) if k_edge > 0 else 0.0
+    return resid_var, edge_var, edge_at_anchors
 
 
 @dataclass(frozen=True)
