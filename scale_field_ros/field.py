@@ -199,7 +199,7 @@ def compose_arrays(
     """(depth_m, std_m, scale_field, inv_depth) for numpy (`xp` = NUMPY, one frame) or batched torch.
 
     Everything smooth is done at working resolution: the field S, the local factor exp(R) folded into
-    A = S exp(R) and B = c exp(R), and the uncertainty (at half the working resolution); only
+    A = S exp(R) and B = c exp(R), and the uncertainty (sampled on every 4th working pixel); only
     inv = up(A) * g + up(B) and the outputs derived from it touch full-resolution pixels."""
     h, w = inv_rel.shape[-2:]
     k = maps.shape[-3]
@@ -221,6 +221,7 @@ def compose_arrays(
     inv = xp.clip_into(inv, lo, hi)
     depth = xp.reciprocal(inv)
     std_rel = _relative_std(xp, maps, inv_rel_work, covariance, s_work, shift, lo, var_log_work)
+    std_rel = xp.where(ok, std_rel, 1.0)  # the degenerate fit's max_depth_m fill is not to be trusted: std = depth
     std_m = xp.mul_into(xp.upsample(std_rel, (h, w)), depth)
     scale_field = inv / inv_rel  # inv_rel is clipped to >= 1e-3
     return depth, std_m, scale_field, inv

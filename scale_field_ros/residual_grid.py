@@ -37,6 +37,10 @@ class LocalConfig:
     def __post_init__(self) -> None:
         if self.method not in LOCAL_METHODS:
             raise ValueError(f"local.method must be one of {', '.join(LOCAL_METHODS)}, got {self.method!r}")
+        # each divides: 0 made the grid's correction NaN (depth at max_depth_m everywhere) or raised mid-frame
+        for name in ("prior_count", "log_depth_cell", "min_cell_px"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"local.{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,14 @@ class LocalCorrection:
         return (off_edge + self.edge_var).astype(np.float32)
 
     def with_misfit(self, misfit_log_var: float) -> LocalCorrection:
-        """The correction with its residual variance raised to the field's misfit (`misfit_log_var`, the raw
-        anchors' mean squared log residual) less the part of that the edge term explains."""
+        """The correction with its residual variance raised to the field's misfit (`misfit_log_var`, the mean
+        squared log residual of the solver's inliers) less the part of that the edge term explains."""
         return replace(self, residual_var=max(self.residual_var, misfit_log_var - self.edge_var_at_anchors))
 
 
 def edge_strength(log_g_work: np.ndarray) -> np.ndarray:
-    """Squared log-depth gradient per working pixel (Sobel, normalised to a unit step), the largest over each
-    3 x 3 neighbourhood: an edge's misplacement reaches the pixels beside it."""
+    """Squared log-depth gradient per working pixel (Sobel, scaled to the slope: 1 on a ramp of 1 per pixel), the
+    largest over each 3 x 3 neighbourhood: an edge's misplacement reaches the pixels beside it."""
     gx = cv2.Sobel(log_g_work, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     gy = cv2.Sobel(log_g_work, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     return cv2.dilate(gx * gx + gy * gy, np.ones((3, 3), np.uint8))

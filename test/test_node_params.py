@@ -73,6 +73,9 @@ def test_bad_values_are_refused_with_reasons():
         settings_from_values({"min_depth_m": 20.0, "max_depth_m": 10.0})
     with pytest.raises(ValueError, match="unknown"):
         settings_from_values({"no_such_parameter": 1})
+    for name in ("local.prior_count", "local.log_depth_cell", "local.min_cell_px"):  # each divides in the grid
+        with pytest.raises(ValueError, match=name):
+            settings_from_values({name: 0.0})
 
 
 def test_node_loads_params_file_and_declares_descriptors(context):
@@ -156,14 +159,16 @@ def test_integers_are_accepted_for_doubles_and_other_types_refused(context):
         assert not bad.successful and "must be a double" in bad.reason
         bad = node.set_parameters([Parameter("anchor_max_age", value=20)])[0]  # an int is range-checked too
         assert not bad.successful and "<= 10" in bad.reason
-        # NaN: rclpy's range refuses it where the descriptor has one; local.prior_count has none, so the node's own
-        # check must (a NaN count would reach the local correction's prior)
+        # NaN: rclpy's range refuses it (every double has one; without, the node's own check does, see
+        # test_bad_values_are_refused_with_reasons)
         bad = node.set_parameters([Parameter("anchor_max_age", value=float("nan"))])[0]
         assert not bad.successful and node.settings.anchor_max_age == 2.0
         before = node.config.local.prior_count
-        bad = node.set_parameters([Parameter("local.prior_count", value=float("nan"))])[0]
-        assert not bad.successful and "finite" in bad.reason, bad.reason
-        assert node.get_parameter("local.prior_count").value == before
+        # a zero count divided the grid's correction by zero: depth at max_depth_m everywhere
+        for value in (float("nan"), 0.0):
+            bad = node.set_parameters([Parameter("local.prior_count", value=value)])[0]
+            assert not bad.successful and "range" in bad.reason, bad.reason
+        assert node.get_parameter("local.prior_count").value == before == node.config.local.prior_count
         bad = node.set_parameters([Parameter("local.method", value="delauney")])[0]
         assert not bad.successful and "one of" in bad.reason
     finally:

@@ -157,6 +157,26 @@ def test_bad_inputs_give_a_flagged_defined_result():
     _check_output(pipe.process_output(out, nan_anchor), out.shape)
 
 
+def test_a_degenerate_correction_is_published_as_untrusted():
+    """A non-finite local correction (a divide by zero, as a zero `local.prior_count` gave in the grid method, now
+    refused) falls back to max_depth_m; the std then says so (at least the depth), not its usual few per cent."""
+    from scale_field_ros.bases import build_bases
+    from scale_field_ros.field import compose
+    from scale_field_ros.residual_grid import LocalConfig, LocalCorrection
+
+    frame, out = infer("nyu", 0)
+    draw = draw_anchors(frame, "uniform", 300, seed=0)
+    res = Pipeline(None, NYU).process_output(out, draw.anchors)
+    bases = build_bases(out, NYU.basis, 300, draw.anchors.sanitized(*out.shape[::-1], 0.1, 10.0))
+    nan = np.full(bases.work_shape, np.nan, np.float32)
+    local = LocalCorrection(nan, np.ones(bases.work_shape, np.float32), 0.01, 0.3)
+    est = compose(bases, res.fit.weights, res.fit.covariance, 0.1, 10.0, local)
+    assert np.all(est.depth_m == 10.0) and np.all(np.isfinite(est.std_m)) and np.all(est.std_m >= est.depth_m)
+    for name in ("prior_count", "log_depth_cell", "min_cell_px"):
+        with pytest.raises(ValueError, match=name):
+            LocalConfig(**{name: 0.0})
+
+
 def test_anchors_left_in_one_cell_by_the_outlier_test_fall_back_to_scale_only():
     # nine true anchors in the top-left cell of the cross-validation grid and one gross outlier in the opposite
     # cell: the outlier test keeps one cell, which leaves a single fold (it raised StopIteration)

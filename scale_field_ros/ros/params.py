@@ -201,13 +201,15 @@ PIPELINE_OVERRIDES: dict[str, dict[str, Any]] = {
         description="grid cell of the local correction, in mean anchor spacings", min=0.0, max=100.0
     ),
     "local.min_cell_px": dict(
-        description="smallest grid cell of the local correction (working-res px)", min=0.0, max=1000.0
+        description="smallest grid cell of the local correction (working-res px)", min=0.01, max=1000.0
     ),
     "local.log_depth_cell": dict(
-        description="grid step of the local correction along log relative depth", min=0.0, max=10.0
+        description="grid step of the local correction along log relative depth", min=0.001, max=10.0
     ),
     "local.blur_passes": dict(description="smoothing passes over the local correction grid", min=0, max=100),
-    "local.prior_count": dict(description="pseudo-anchors of zero correction that shrink sparse corrections"),
+    "local.prior_count": dict(
+        description="pseudo-anchors of zero correction that shrink sparse corrections", min=0.001, max=1000.0
+    ),
     "local.max_abs_log": dict(description="largest local correction, in log depth", min=0.0, max=10.0),
     "local.outlier_log": dict(
         description="log residual off its neighbours' median that marks an outlier", min=0.0, max=10.0
