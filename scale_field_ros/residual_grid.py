@@ -111,10 +111,9 @@ def local_correction(
 ) -> LocalCorrection:
     """The local correction field from the anchors' log residual ratios."""
     h, w = log_g_work.shape
-    value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
-    yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
-    xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
-    resid_var, edge_var, edge_at_anchors = _misfit_split(value, weight, edge_strength(log_g_work), xi, yi)
+    value, xi, yi, (resid_var, edge_var, edge_at_anchors) = _misfit_split(
+        x_work, y_work, log_ratio, weight, log_g_work, config
+    )
     pc = max(config.prior_count, 1e-3)
     if config.method == "grid":
         lo, hi = float(log_g_work.min()), float(log_g_work.max())
@@ -143,22 +142,23 @@ def with_own_misfit(
     same anchors. With a carried correction, `local` is fitted to what the anchors add to it, and its misfit is
     that innovation's, near 0 when the anchors repeat; the frame's own residuals give the variance the frame
     alone would publish, the temporal filter's floor."""
+    *_, (resid_var, edge_var, edge_at_anchors) = _misfit_split(x_work, y_work, log_ratio, weight, log_g_work, config)
+    return replace(local, residual_var=resid_var, edge_var=edge_var, edge_var_at_anchors=edge_at_anchors)
+
+
+def _misfit_split(x_work, y_work, log_ratio, weight, log_g_work, config: LocalConfig):
+    """The anchors' clipped log residuals, their working pixels (xi, yi), and `LocalCorrection`'s misfit split of
+    them against the edge strength: (residual_var, edge_var map or 0, edge_var_at_anchors)."""
     h, w = log_g_work.shape
     value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
     yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
     xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
-    resid_var, edge_var, edge_at_anchors = _misfit_split(value, weight, edge_strength(log_g_work), xi, yi)
-    return replace(local, residual_var=resid_var, edge_var=edge_var, edge_var_at_anchors=edge_at_anchors)
-
-
-def _misfit_split(value, weight, edge, xi, yi) -> tuple[float, np.ndarray | float, float]:
-    """(residual_var, edge_var map or 0, edge_var_at_anchors) of `LocalCorrection` from the anchors' clipped log
-    residuals `value` at working pixels (xi, yi), against the edge strength map `edge`."""
+    edge = edge_strength(log_g_work)
     edge_at = edge[yi, xi].astype(np.float64)
     resid_var, k_edge = edge_misfit(value**2, edge_at, weight)
     edge_at_anchors = k_edge * float(np.average(edge_at, weights=weight)) if weight.sum() > 0 else 0.0
     edge_var = edge * np.float32(k_edge) if k_edge > 0 else 0.0
-    return resid_var, edge_var, edge_at_anchors
+    return value, xi, yi, (resid_var, edge_var, edge_at_anchors)
 
 
 @dataclass(frozen=True)
