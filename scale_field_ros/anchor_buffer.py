@@ -77,6 +77,7 @@ class AnchorBuffer:
         self.max_sets = int(max_sets)
         self._stamps: list[float] = []
         self._sets: list[AnchorSet] = []
+        self._generation = 0  # times the whole history was dropped: every set held arrived after the latest
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -94,10 +95,29 @@ class AnchorBuffer:
         with self._lock:
             return self._stamps[-1] if self._stamps else None
 
+    @property
+    def generation(self) -> int:
+        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
+        with self._lock:
+            return self._generation
+
     def clear(self) -> None:
         with self._lock:
-            self._stamps.clear()
-            self._sets.clear()
+            self._clear_locked()
+
+    def clear_unless_restarted(self, since_generation: int) -> bool:
+        """Drop every set, whatever its stamp, unless the buffer restarted on its own after `since_generation`
+        (then it holds only sets that arrived since: the new timeline's). Returns whether it cleared."""
+        with self._lock:
+            if self._generation != since_generation:
+                return False
+            self._clear_locked()
+            return True
+
+    def _clear_locked(self) -> None:
+        self._stamps.clear()
+        self._sets.clear()
+        self._generation += 1
 
     def insert(
         self,
@@ -130,8 +150,7 @@ class AnchorBuffer:
         status = InsertStatus.OK
         with self._lock:
             if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
-                self._stamps.clear()
-                self._sets.clear()
+                self._clear_locked()
                 status = InsertStatus.STAMP_BACKWARDS
             i = bisect.bisect_right(self._stamps, stamp_s)
             self._stamps.insert(i, float(stamp_s))
@@ -140,8 +159,7 @@ class AnchorBuffer:
         return status
 
     def drop_newer_than(self, stamp_s: float) -> None:
-        """Forget the sets stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
-        sets of the new one that arrived before its first image stay)."""
+        """Forget the sets stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
         with self._lock:
             drop_newer(self._stamps, self._sets, stamp_s)
 

@@ -89,6 +89,8 @@ class FrameProcessor:
         self.latest_image_stamp_s: float | None = None  # reference for far-future anchors
         self.last_processed_stamp_s: float | None = None  # the newest processed image stamp
         self.odom_child_frame = ""  # the frame whose pose the odometry gives (its child_frame_id)
+        # the buffers' generations as the last processed image left them: a loop keeps what arrived after a restart
+        self._buffer_generations = (self.anchor_buffer.generation, self.pose_buffer.generation)
 
     # -------------------------------------------------------------- settings
 
@@ -246,9 +248,13 @@ class FrameProcessor:
                 )
             )
             self.pipeline.reset()
-            # what is stamped ahead of this image belongs to the old timeline; the new one's earlier arrivals stay
-            self.anchor_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
-            self.pose_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
+            # what arrived before the reset is the old timeline's, whatever its stamp (one near the new images' stamps
+            # would be mixed with theirs); a buffer that restarted on its own since the last image (its stamps went
+            # back too) holds only what arrived since: the new timeline's early odometry and anchors, which stay
+            seen_anchors, seen_poses = self._buffer_generations
+            self.anchor_buffer.clear_unless_restarted(seen_anchors)
+            self.pose_buffer.clear_unless_restarted(seen_poses)
+        self._buffer_generations = (self.anchor_buffer.generation, self.pose_buffer.generation)
         # the newest stamp, as the filter keeps it: steps back within the tolerance must not add up unseen
         self.last_processed_stamp_s = stamp_s if last is None or looped else max(last, stamp_s)
         warnings.extend(self._drop_far_future(stamp_s))

@@ -110,16 +110,36 @@ class PoseBuffer:
         self.max_samples = int(max_samples)
         self._stamps: list[float] = []
         self._poses: list[np.ndarray] = []
+        self._generation = 0  # times the whole history was dropped: every pose held arrived after the latest
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._stamps)
 
+    @property
+    def generation(self) -> int:
+        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
+        with self._lock:
+            return self._generation
+
     def clear(self) -> None:
         with self._lock:
-            self._stamps.clear()
-            self._poses.clear()
+            self._clear_locked()
+
+    def clear_unless_restarted(self, since_generation: int) -> bool:
+        """Drop every pose, whatever its stamp, unless the buffer restarted on its own after `since_generation`
+        (then it holds only poses that arrived since: the new timeline's). Returns whether it cleared."""
+        with self._lock:
+            if self._generation != since_generation:
+                return False
+            self._clear_locked()
+            return True
+
+    def _clear_locked(self) -> None:
+        self._stamps.clear()
+        self._poses.clear()
+        self._generation += 1
 
     def insert(self, stamp_s: float, T_world_body: np.ndarray) -> bool:
         """Store a pose; returns False when it cleared the buffer because the stamp jumped back."""
@@ -129,8 +149,7 @@ class PoseBuffer:
         kept_history = True
         with self._lock:
             if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
-                self._stamps.clear()
-                self._poses.clear()
+                self._clear_locked()
                 kept_history = False
             i = bisect.bisect_left(self._stamps, stamp_s)
             if i < len(self._stamps) and self._stamps[i] == stamp_s:
@@ -146,8 +165,7 @@ class PoseBuffer:
         return kept_history
 
     def drop_newer_than(self, stamp_s: float) -> None:
-        """Forget the poses stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
-        poses of the new one that arrived before its first image stay)."""
+        """Forget the poses stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
         with self._lock:
             drop_newer(self._stamps, self._poses, stamp_s)
 

@@ -151,6 +151,26 @@ def test_a_bag_loop_keeps_the_new_timelines_early_odometry_and_anchors(sun3d):
     assert step.frame.found.n_sets == 1
 
 
+def test_a_bag_loop_drops_what_arrived_before_it_whatever_its_stamp(sun3d):
+    # the clock goes back 0.75 s and the new timeline's first image comes before its odometry and scans: the old
+    # timeline's poses and scans stamped around the new images were kept and mixed with the new ones
+    proc, msg, odom, cloud = _processor_with_odom_and_cloud(sun3d)
+    odom.pose.pose.position.x = 1.0  # the old trajectory
+    for k in range(80):
+        t = round(5.0 + k * 0.05, 6)
+        proc.on_odom(odom, t)
+        proc.on_anchors(cloud, t)
+    assert proc.process_image(msg, False, 8.95).frame is not None
+    step = proc.process_image(msg, False, 8.2)
+    assert any(cause == "image_stamp_backwards" for cause, _ in step.warnings)
+    odom.pose.pose.position.x = -1.0  # the new trajectory
+    for t in (8.22, 8.27):
+        assert proc.on_odom(odom, t) == []
+    assert proc.on_anchors(cloud, 8.25) == []
+    np.testing.assert_allclose(proc.pose_buffer.lookup(8.25)[:3, 3], [-1.0, 0.0, 0.0])
+    assert proc.process_image(msg, False, 8.25).frame.found.n_sets == 1
+
+
 def test_odometry_far_ahead_of_the_images_is_refused_and_keeps_the_history(sun3d):
     from nav_msgs.msg import Odometry
 
