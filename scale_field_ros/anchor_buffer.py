@@ -224,7 +224,7 @@ def anchors_for_image(
     T_wb_image = poses.lookup(image_stamp_s) if have_poses else None
     if (anchors_in_world or (motion_compensation and have_poses)) and sets and T_wb_image is None:
         why = "no odometry received" if not have_poses else "odometry does not cover the image stamp"
-        problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s)"))
+        problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s{_pose_limits(poses) if have_poses else ''})"))
     for s in sets:
         T_cam_set = T_cam_anchor(s.frame_id) if callable(T_cam_anchor) else T_cam_anchor
         if anchors_in_world:
@@ -268,9 +268,19 @@ def _whole_scan_transform(
     """T_cam(image)_anchor for the set as a whole, from the pose at its stamp (none: as is, with a problem)."""
     T_wb_set = poses.lookup(s.stamp_s)
     if T_wb_set is None:
-        problems.append(("odom_missing", f"odometry does not cover the anchor stamp {s.stamp_s:.3f} s"))
+        problems.append(
+            ("odom_missing", f"odometry does not cover the anchor stamp ({s.stamp_s:.3f} s{_pose_limits(poses)})")
+        )
         return T_cam_anchor
     return scan_to_image_transform(T_wb_set, T_wb_image, T_body_cam, T_cam_anchor)
+
+
+def _pose_limits(poses: PoseBuffer) -> str:
+    """What "covered" means, for the odom_missing warning."""
+    return (
+        f"; a pose is looked up at most odom_max_extrapolation {poses.max_extrapolation_s:g} s outside the buffered "
+        f"ones, and between two at most {poses.max_gap_s:g} s apart"
+    )
 
 
 def _deskewed(s: AnchorSet, poses: PoseBuffer, T_wb_image, T_body_cam, T_cam_anchor) -> np.ndarray | None:

@@ -88,11 +88,18 @@ def rotation_from_quaternion(q_xyzw: np.ndarray) -> np.ndarray:
     ).reshape(-1, 3, 3)  # fmt: skip
 
 
+# Longest gap between two odometry samples that a lookup interpolates across. Under an acceleration a, the
+# interpolated pose misses the true one by up to a g^2 / 8 (3 cm at 1 m/s^2 over 0.5 s): odometry at 2 Hz, or at
+# 4 Hz with a message dropped, is bridged; a longer gap is odometry missing, and the pose in it would be invented.
+MAX_POSE_GAP_S = 0.5
+
+
 class PoseBuffer:
     """T_world_body samples sorted by stamp, interpolated at query stamps.
 
     max_extrapolation_s: a stamp outside the buffered span by up to this takes the nearest pose; further
         out there is no pose (None), since extrapolating odometry silently misplaces anchors.
+        A stamp between two samples further apart than `max_gap_s` has no pose either.
     backwards_tolerance_s: a sample older than the newest by more than this clears the buffer (bag looped).
     span_s: samples older than newest - span_s are dropped.
     """
@@ -174,6 +181,13 @@ class PoseBuffer:
         with self._lock:
             return self._stamps[-1] if self._stamps else None
 
+    @property
+    def max_gap_s(self) -> float:
+        """The longest gap between two samples interpolated across: `MAX_POSE_GAP_S`, or twice
+        `max_extrapolation_s` where that is longer (where a pose may be held that far from a sample, an
+        interpolated one, nearer the truth, may be too: a stamp in a gap is at most half of it from a sample)."""
+        return max(MAX_POSE_GAP_S, 2.0 * self.max_extrapolation_s)
+
     def covers(self, stamp_s: float) -> bool:
         """A sample at or after `stamp_s` is buffered: the pose there is interpolated, not extrapolated."""
         with self._lock:
@@ -186,7 +200,8 @@ class PoseBuffer:
 
     def lookup_many(self, stamps_s: np.ndarray) -> np.ndarray | None:
         """T_world_body (M, 4, 4) at each of `stamps_s`, or None when the buffer does not cover one of them
-        (further than `max_extrapolation_s` outside it). A buffered stamp returns its pose exactly."""
+        (further than `max_extrapolation_s` outside it, or between samples more than `max_gap_s` apart). A buffered
+        stamp returns its pose exactly."""
         q = np.asarray(stamps_s, np.float64).reshape(-1)
         with self._lock:
             if not self._stamps or not np.all(np.isfinite(q)):
@@ -204,6 +219,8 @@ class PoseBuffer:
         i0 = np.where(exact, after, np.clip(after - 1, 0, n - 1))  # outside the span both ends are the nearest
         i1 = np.where(exact, after, np.clip(after, 0, n - 1))
         gap = stamps[i1] - stamps[i0]
+        if np.any(gap > self.max_gap_s):
+            return None
         alpha = np.divide(q - stamps[i0], gap, out=np.zeros_like(q), where=gap > 0)
         out = interpolate_transforms(poses[i0], poses[i1], alpha)
         same = i0 == i1

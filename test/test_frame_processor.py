@@ -171,6 +171,18 @@ def test_a_bag_loop_drops_what_arrived_before_it_whatever_its_stamp(sun3d):
     assert proc.process_image(msg, False, 8.25).frame.found.n_sets == 1
 
 
+def test_an_image_in_a_gap_of_the_odometry_is_warned_not_given_an_invented_pose(sun3d):
+    proc, msg, odom, cloud = _processor_with_odom_and_cloud(sun3d)
+    for t in (9.0, 11.0):  # 2 s without odometry around the image
+        proc.on_odom(odom, t)
+    proc.on_anchors(cloud, 10.0)
+    step = proc.process_image(msg, False, 10.0)
+    assert [text for cause, text in step.warnings if cause == "odom_missing"] == [
+        "odometry does not cover the image stamp (10.000 s; a pose is looked up at most odom_max_extrapolation 0.1 s "
+        "outside the buffered ones, and between two at most 0.5 s apart)"
+    ]
+
+
 def test_odometry_far_ahead_of_the_images_is_refused_and_keeps_the_history(sun3d):
     from nav_msgs.msg import Odometry
 

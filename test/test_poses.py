@@ -93,6 +93,20 @@ def test_pose_buffer_lookup(seq):
     assert len(buf) == 1 and buf.lookup(-5.0) is not None
 
 
+def test_no_pose_is_invented_across_a_gap_in_the_odometry(seq):
+    # the real poses of frames 0 to 2 (30 Hz), with 4.6 s between the last two: a pose in there would be invented
+    T0, T1, T2 = (seq.frame(i).T_world_cam for i in range(3))
+    buf = PoseBuffer(max_extrapolation_s=0.1)
+    for t, T in ((0.0, T0), (0.4, T1), (5.0, T2)):
+        buf.insert(t, T)
+    assert buf.lookup(2.5) is None and buf.lookup_many(np.array([0.2, 2.5])) is None
+    np.testing.assert_allclose(buf.lookup(5.0), T2)  # a buffered stamp still returns its pose
+    # within MAX_POSE_GAP_S: interpolated
+    np.testing.assert_allclose(buf.lookup(0.2), interpolate_transform(T0, T1, 0.5), atol=1e-9)
+    buf.max_extrapolation_s = 2.5  # a pose held up to 2.5 s from a sample allows gaps twice that
+    assert buf.lookup(2.5) is not None
+
+
 def test_pose_buffer_is_bounded(seq):
     T = seq.frame(0).T_world_cam
     buf = PoseBuffer(span_s=1.0, max_samples=50)
