@@ -91,6 +91,40 @@ def test_odometry_of_another_frame_with_identity_T_body_cam_is_warned(sun3d):
     assert not warned("base_link", rep103)
 
 
+@pytest.mark.parametrize("anchors_in_world", [False, True])
+def test_anchors_of_another_frame_than_the_transform_assumes_are_warned(kitti_lidar, anchors_in_world):
+    # the raw Velodyne scan (x forward, z up) with T_cam_anchor left at identity: taken for camera optical points,
+    # it lands almost wholly behind or beside the camera, and no anchor was used without a word
+    from nav_msgs.msg import Odometry
+
+    from scale_field_ros import msg_codec
+
+    settings, config = load_settings()
+    settings = dataclasses.replace(settings, anchors_in_world=anchors_in_world, motion_compensation=False)
+    frame = kitti_lidar.frame(0)
+    scan = frame.lidar_points.astype(np.float32)
+
+    def causes(cloud_frame: str, T_cam_anchor=None) -> set[str]:
+        s = settings if T_cam_anchor is None else dataclasses.replace(settings, T_cam_anchor=T_cam_anchor)
+        proc = FrameProcessor(s, config, backbone())
+        proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera_optical")))
+        odom = Odometry()
+        odom.header, odom.child_frame_id = header(10.0, "odom"), "camera_optical"
+        odom.pose.pose.orientation.w = 1.0
+        assert proc.on_odom(odom, 10.0) == []
+        assert proc.on_anchors(conv.cloud_msg(msg_codec.cloud_fields(scan), header(10.0, cloud_frame)), 10.0) == []
+        step = proc.process_image(conv.rgb8_image_msg(frame.rgb, header(10.0, "camera_optical")), False, 10.0)
+        return {cause for cause, _ in step.warnings}
+
+    if anchors_in_world:  # landmarks must be in the odometry's world frame
+        assert "anchors_world_frame" in causes("velodyne")
+        assert "anchors_world_frame" not in causes("odom") | causes("")
+    else:
+        assert "T_cam_anchor_identity" in causes("velodyne")
+        assert "T_cam_anchor_identity" not in causes("velodyne", frame.T_cam_lidar)
+        assert "T_cam_anchor_identity" not in causes("camera_optical") | causes("")
+
+
 def test_camera_info_region_of_interest_and_binning_are_read_from_the_message(sun3d):
     from scale_field_ros import msg_codec
 
