@@ -1,7 +1,8 @@
 """Odometry poses over time and what the node does with them.
 
 - `PoseBuffer`: T_world_body samples by stamp, looked up at any stamp by SE(3) interpolation (rotation
-  slerped, translation linear), so anchors and images need not share stamps with odometry.
+  slerped, translation linear; a little past either end, the motion there continued at constant velocity), so
+  anchors and images need not share stamps with odometry.
 - `landmarks_to_camera`: VIO landmarks in the world frame -> camera optical frame at the image stamp.
 - `scan_to_image_transform`: a LiDAR scan taken at another moment than the image, re-expressed in the camera
   at the image stamp (motion compensation of the whole scan; with per-point times, `deskew` moves each point).
@@ -97,9 +98,10 @@ MAX_POSE_GAP_S = 0.5
 class PoseBuffer:
     """T_world_body samples sorted by stamp, interpolated at query stamps.
 
-    max_extrapolation_s: a stamp outside the buffered span by up to this takes the nearest pose; further
-        out there is no pose (None), since extrapolating odometry silently misplaces anchors.
-        A stamp between two samples further apart than `max_gap_s` has no pose either.
+    max_extrapolation_s: a stamp outside the buffered span by up to this takes the motion at that end continued at
+        constant velocity (the nearest pose where it cannot be measured); further out there is no pose (None),
+        since extrapolating odometry far silently misplaces anchors. A stamp between two samples further apart
+        than `max_gap_s` has no pose either.
     backwards_tolerance_s: a sample older than the newest by more than this clears the buffer (bag looped).
     span_s: samples older than newest - span_s are dropped.
     """
@@ -206,20 +208,35 @@ class PoseBuffer:
         with self._lock:
             if not self._stamps or not np.all(np.isfinite(q)):
                 return None
-            # only the samples around the queried span: the buffer may hold thousands
-            lo = max(bisect.bisect_left(self._stamps, float(q.min())) - 1, 0)
-            hi = min(bisect.bisect_right(self._stamps, float(q.max())) + 1, len(self._stamps))
+            # only the samples around the queried span (the buffer may hold thousands), and outside the buffered
+            # span those as far back inside it as the query is out: the baseline of the extrapolation below
+            q_lo, q_hi = float(q.min()), float(q.max())
+            oldest, newest = self._stamps[0], self._stamps[-1]
+            lo = max(bisect.bisect_left(self._stamps, min(q_lo, 2.0 * newest - q_hi)) - 1, 0)
+            hi = min(bisect.bisect_right(self._stamps, max(q_hi, 2.0 * oldest - q_lo)) + 1, len(self._stamps))
             stamps = np.array(self._stamps[lo:hi])
             poses = np.stack(self._poses[lo:hi])
         n = len(stamps)
         if np.any(q < stamps[0] - self.max_extrapolation_s) or np.any(q > stamps[-1] + self.max_extrapolation_s):
             return None
+        max_gap_s = self.max_gap_s
         after = np.searchsorted(stamps, q, side="left")  # first sample at or after each stamp
         exact = (after < n) & (stamps[np.minimum(after, n - 1)] == q)
         i0 = np.where(exact, after, np.clip(after - 1, 0, n - 1))  # outside the span both ends are the nearest
         i1 = np.where(exact, after, np.clip(after, 0, n - 1))
+        # outside the span: the motion from a sample at least as far inside as the stamp is out to the end sample,
+        # continued at constant velocity (alpha beyond [0, 1]): a held pose lags a moving body by the whole step out
+        # (a VIO pose for image k arrives after it: ~20 px at 1 rad/s and 30 Hz). Held where no such sample lies
+        # within max_gap_s of the end (the buffer just started, or a gap): a velocity measured over a much shorter
+        # baseline would amplify the odometry's noise, one over a gap is not the current one
+        base_new = np.searchsorted(stamps, 2.0 * stamps[-1] - q, side="right") - 1  # last at or before the mirror
+        base_old = np.searchsorted(stamps, 2.0 * stamps[0] - q, side="left")  # first at or after the mirror
+        past = (q > stamps[-1]) & (base_new >= 0) & (stamps[-1] - stamps[np.maximum(base_new, 0)] <= max_gap_s)
+        ahead = (q < stamps[0]) & (base_old < n) & (stamps[np.minimum(base_old, n - 1)] - stamps[0] <= max_gap_s)
+        i0 = np.where(past, base_new, np.where(ahead, 0, i0))
+        i1 = np.where(past, n - 1, np.where(ahead, base_old, i1))
         gap = stamps[i1] - stamps[i0]
-        if np.any(gap > self.max_gap_s):
+        if np.any(gap > max_gap_s):
             return None
         alpha = np.divide(q - stamps[i0], gap, out=np.zeros_like(q), where=gap > 0)
         out = interpolate_transforms(poses[i0], poses[i1], alpha)
