@@ -77,6 +77,7 @@ class AnchorBuffer:
         self.max_sets = int(max_sets)
         self._stamps: list[float] = []
         self._sets: list[AnchorSet] = []
+        self._generation = 0  # times the whole history was dropped: every set held arrived after the latest
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -94,10 +95,29 @@ class AnchorBuffer:
         with self._lock:
             return self._stamps[-1] if self._stamps else None
 
+    @property
+    def generation(self) -> int:
+        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
+        with self._lock:
+            return self._generation
+
     def clear(self) -> None:
         with self._lock:
-            self._stamps.clear()
-            self._sets.clear()
+            self._clear_locked()
+
+    def clear_unless_restarted(self, since_generation: int) -> bool:
+        """Drop every set, whatever its stamp, unless the buffer restarted on its own after `since_generation`
+        (then it holds only sets that arrived since: the new timeline's). Returns whether it cleared."""
+        with self._lock:
+            if self._generation != since_generation:
+                return False
+            self._clear_locked()
+            return True
+
+    def _clear_locked(self) -> None:
+        self._stamps.clear()
+        self._sets.clear()
+        self._generation += 1
 
     def insert(
         self,
@@ -130,8 +150,7 @@ class AnchorBuffer:
         status = InsertStatus.OK
         with self._lock:
             if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
-                self._stamps.clear()
-                self._sets.clear()
+                self._clear_locked()
                 status = InsertStatus.STAMP_BACKWARDS
             i = bisect.bisect_right(self._stamps, stamp_s)
             self._stamps.insert(i, float(stamp_s))
@@ -140,8 +159,7 @@ class AnchorBuffer:
         return status
 
     def drop_newer_than(self, stamp_s: float) -> None:
-        """Forget the sets stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
-        sets of the new one that arrived before its first image stay)."""
+        """Forget the sets stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
         with self._lock:
             drop_newer(self._stamps, self._sets, stamp_s)
 
@@ -206,7 +224,7 @@ def anchors_for_image(
     T_wb_image = poses.lookup(image_stamp_s) if have_poses else None
     if (anchors_in_world or (motion_compensation and have_poses)) and sets and T_wb_image is None:
         why = "no odometry received" if not have_poses else "odometry does not cover the image stamp"
-        problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s)"))
+        problems.append(("odom_missing", f"{why} ({image_stamp_s:.3f} s{_pose_limits(poses) if have_poses else ''})"))
     for s in sets:
         T_cam_set = T_cam_anchor(s.frame_id) if callable(T_cam_anchor) else T_cam_anchor
         if anchors_in_world:
@@ -250,9 +268,19 @@ def _whole_scan_transform(
     """T_cam(image)_anchor for the set as a whole, from the pose at its stamp (none: as is, with a problem)."""
     T_wb_set = poses.lookup(s.stamp_s)
     if T_wb_set is None:
-        problems.append(("odom_missing", f"odometry does not cover the anchor stamp {s.stamp_s:.3f} s"))
+        problems.append(
+            ("odom_missing", f"odometry does not cover the anchor stamp ({s.stamp_s:.3f} s{_pose_limits(poses)})")
+        )
         return T_cam_anchor
     return scan_to_image_transform(T_wb_set, T_wb_image, T_body_cam, T_cam_anchor)
+
+
+def _pose_limits(poses: PoseBuffer) -> str:
+    """What "covered" means, for the odom_missing warning."""
+    return (
+        f"; a pose is looked up at most odom_max_extrapolation {poses.max_extrapolation_s:g} s outside the buffered "
+        f"ones, and between two at most {poses.max_gap_s:g} s apart"
+    )
 
 
 def _deskewed(s: AnchorSet, poses: PoseBuffer, T_wb_image, T_body_cam, T_cam_anchor) -> np.ndarray | None:

@@ -89,6 +89,9 @@ class FrameProcessor:
         self.latest_image_stamp_s: float | None = None  # reference for far-future anchors
         self.last_processed_stamp_s: float | None = None  # the newest processed image stamp
         self.odom_child_frame = ""  # the frame whose pose the odometry gives (its child_frame_id)
+        self.odom_frame = ""  # the world frame the odometry's poses are in (its header frame_id)
+        # the buffers' generations as the last processed image left them: a loop keeps what arrived after a restart
+        self._buffer_generations = (self.anchor_buffer.generation, self.pose_buffer.generation)
 
     # -------------------------------------------------------------- settings
 
@@ -170,6 +173,7 @@ class FrameProcessor:
                 )
             ]
         self.odom_child_frame = str(getattr(msg, "child_frame_id", ""))
+        self.odom_frame = str(getattr(msg.header, "frame_id", ""))
         if not self.pose_buffer.insert(stamp_s, T_world_body):
             return [("odom_backwards", "odometry stamps went backwards: older poses dropped")]
         return []
@@ -192,6 +196,36 @@ class FrameProcessor:
                 "motion_compensation: false",
             )
         ]
+
+    def _anchor_frame_check(
+        self, sets, image_frame: str, T_cam_anchor: np.ndarray | Callable[[str], np.ndarray]
+    ) -> list[InputWarning]:
+        """Sets of a frame that T_cam_anchor (at identity) takes for the camera optical frame, or landmarks in another
+        frame than the odometry's world: their points land in the wrong place, often outside the image altogether."""
+        if self.settings.anchors_in_world:
+            world = self.odom_frame
+            frames = sorted({s.frame_id for s in sets if s.frame_id and world and s.frame_id != world})
+            return [
+                (
+                    "anchors_world_frame",
+                    f"anchor sets in '{frame}' are taken for landmarks in the odometry's world frame ('{world}'): "
+                    "publish them in that frame, or anchors_in_world: false (then T_cam_anchor places them)",
+                )
+                for frame in frames
+            ]
+        warnings: list[InputWarning] = []
+        for frame in sorted({s.frame_id for s in sets if s.frame_id and s.frame_id != image_frame}):
+            T = T_cam_anchor(frame) if callable(T_cam_anchor) else T_cam_anchor
+            if np.array_equal(T, np.eye(4)):
+                warnings.append(
+                    (
+                        "T_cam_anchor_identity",
+                        f"anchor sets are in '{frame}' but T_cam_anchor is identity, which takes them for the camera "
+                        f"optical frame ('{image_frame}'): set T_cam_anchor ('{frame}' to the camera optical frame), "
+                        "or, for points in the camera optical frame, publish them with the image's frame_id",
+                    )
+                )
+        return warnings
 
     def _why_no_sets(self, sets, stamp_s: float) -> str:
         """Where the buffer holds anchor sets but none near the image: how far the newest is, and what to set.
@@ -246,9 +280,13 @@ class FrameProcessor:
                 )
             )
             self.pipeline.reset()
-            # what is stamped ahead of this image belongs to the old timeline; the new one's earlier arrivals stay
-            self.anchor_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
-            self.pose_buffer.drop_newer_than(stamp_s + config.filter.backwards_tolerance_s)
+            # what arrived before the reset is the old timeline's, whatever its stamp (one near the new images' stamps
+            # would be mixed with theirs); a buffer that restarted on its own since the last image (its stamps went
+            # back too) holds only what arrived since: the new timeline's early odometry and anchors, which stay
+            seen_anchors, seen_poses = self._buffer_generations
+            self.anchor_buffer.clear_unless_restarted(seen_anchors)
+            self.pose_buffer.clear_unless_restarted(seen_poses)
+        self._buffer_generations = (self.anchor_buffer.generation, self.pose_buffer.generation)
         # the newest stamp, as the filter keeps it: steps back within the tolerance must not add up unseen
         self.last_processed_stamp_s = stamp_s if last is None or looped else max(last, stamp_s)
         warnings.extend(self._drop_far_future(stamp_s))
@@ -278,6 +316,7 @@ class FrameProcessor:
         )
         warnings.extend(found.problems)
         warnings.extend(self._odom_frame_check(msg.header.frame_id))
+        warnings.extend(self._anchor_frame_check(sets, msg.header.frame_id, T))
         t2 = time.perf_counter_ns()
 
         result = self.pipeline.process(rgb, found.anchors, stamp_s=stamp_s)

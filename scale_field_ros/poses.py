@@ -1,7 +1,8 @@
 """Odometry poses over time and what the node does with them.
 
 - `PoseBuffer`: T_world_body samples by stamp, looked up at any stamp by SE(3) interpolation (rotation
-  slerped, translation linear), so anchors and images need not share stamps with odometry.
+  slerped, translation linear; a little past either end, the motion there continued at constant velocity), so
+  anchors and images need not share stamps with odometry.
 - `landmarks_to_camera`: VIO landmarks in the world frame -> camera optical frame at the image stamp.
 - `scan_to_image_transform`: a LiDAR scan taken at another moment than the image, re-expressed in the camera
   at the image stamp (motion compensation of the whole scan; with per-point times, `deskew` moves each point).
@@ -88,11 +89,19 @@ def rotation_from_quaternion(q_xyzw: np.ndarray) -> np.ndarray:
     ).reshape(-1, 3, 3)  # fmt: skip
 
 
+# Longest gap between two odometry samples that a lookup interpolates across. Under an acceleration a, the
+# interpolated pose misses the true one by up to a g^2 / 8 (3 cm at 1 m/s^2 over 0.5 s): odometry at 2 Hz, or at
+# 4 Hz with a message dropped, is bridged; a longer gap is odometry missing, and the pose in it would be invented.
+MAX_POSE_GAP_S = 0.5
+
+
 class PoseBuffer:
     """T_world_body samples sorted by stamp, interpolated at query stamps.
 
-    max_extrapolation_s: a stamp outside the buffered span by up to this takes the nearest pose; further
-        out there is no pose (None), since extrapolating odometry silently misplaces anchors.
+    max_extrapolation_s: a stamp outside the buffered span by up to this takes the motion at that end continued at
+        constant velocity (the nearest pose where it cannot be measured); further out there is no pose (None),
+        since extrapolating odometry far silently misplaces anchors. A stamp between two samples further apart
+        than `max_gap_s` has no pose either.
     backwards_tolerance_s: a sample older than the newest by more than this clears the buffer (bag looped).
     span_s: samples older than newest - span_s are dropped.
     """
@@ -110,16 +119,36 @@ class PoseBuffer:
         self.max_samples = int(max_samples)
         self._stamps: list[float] = []
         self._poses: list[np.ndarray] = []
+        self._generation = 0  # times the whole history was dropped: every pose held arrived after the latest
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._stamps)
 
+    @property
+    def generation(self) -> int:
+        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
+        with self._lock:
+            return self._generation
+
     def clear(self) -> None:
         with self._lock:
-            self._stamps.clear()
-            self._poses.clear()
+            self._clear_locked()
+
+    def clear_unless_restarted(self, since_generation: int) -> bool:
+        """Drop every pose, whatever its stamp, unless the buffer restarted on its own after `since_generation`
+        (then it holds only poses that arrived since: the new timeline's). Returns whether it cleared."""
+        with self._lock:
+            if self._generation != since_generation:
+                return False
+            self._clear_locked()
+            return True
+
+    def _clear_locked(self) -> None:
+        self._stamps.clear()
+        self._poses.clear()
+        self._generation += 1
 
     def insert(self, stamp_s: float, T_world_body: np.ndarray) -> bool:
         """Store a pose; returns False when it cleared the buffer because the stamp jumped back."""
@@ -129,8 +158,7 @@ class PoseBuffer:
         kept_history = True
         with self._lock:
             if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
-                self._stamps.clear()
-                self._poses.clear()
+                self._clear_locked()
                 kept_history = False
             i = bisect.bisect_left(self._stamps, stamp_s)
             if i < len(self._stamps) and self._stamps[i] == stamp_s:
@@ -146,8 +174,7 @@ class PoseBuffer:
         return kept_history
 
     def drop_newer_than(self, stamp_s: float) -> None:
-        """Forget the poses stamped after `stamp_s` (the images' clock went back: they belong to the old timeline;
-        poses of the new one that arrived before its first image stay)."""
+        """Forget the poses stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
         with self._lock:
             drop_newer(self._stamps, self._poses, stamp_s)
 
@@ -155,6 +182,13 @@ class PoseBuffer:
     def newest_stamp_s(self) -> float | None:
         with self._lock:
             return self._stamps[-1] if self._stamps else None
+
+    @property
+    def max_gap_s(self) -> float:
+        """The longest gap between two samples interpolated across: `MAX_POSE_GAP_S`, or twice
+        `max_extrapolation_s` where that is longer (where a pose may be held that far from a sample, an
+        interpolated one, nearer the truth, may be too: a stamp in a gap is at most half of it from a sample)."""
+        return max(MAX_POSE_GAP_S, 2.0 * self.max_extrapolation_s)
 
     def covers(self, stamp_s: float) -> bool:
         """A sample at or after `stamp_s` is buffered: the pose there is interpolated, not extrapolated."""
@@ -168,24 +202,42 @@ class PoseBuffer:
 
     def lookup_many(self, stamps_s: np.ndarray) -> np.ndarray | None:
         """T_world_body (M, 4, 4) at each of `stamps_s`, or None when the buffer does not cover one of them
-        (further than `max_extrapolation_s` outside it). A buffered stamp returns its pose exactly."""
+        (further than `max_extrapolation_s` outside it, or between samples more than `max_gap_s` apart). A buffered
+        stamp returns its pose exactly."""
         q = np.asarray(stamps_s, np.float64).reshape(-1)
         with self._lock:
             if not self._stamps or not np.all(np.isfinite(q)):
                 return None
-            # only the samples around the queried span: the buffer may hold thousands
-            lo = max(bisect.bisect_left(self._stamps, float(q.min())) - 1, 0)
-            hi = min(bisect.bisect_right(self._stamps, float(q.max())) + 1, len(self._stamps))
+            # only the samples around the queried span (the buffer may hold thousands), and outside the buffered
+            # span those as far back inside it as the query is out: the baseline of the extrapolation below
+            q_lo, q_hi = float(q.min()), float(q.max())
+            oldest, newest = self._stamps[0], self._stamps[-1]
+            lo = max(bisect.bisect_left(self._stamps, min(q_lo, 2.0 * newest - q_hi)) - 1, 0)
+            hi = min(bisect.bisect_right(self._stamps, max(q_hi, 2.0 * oldest - q_lo)) + 1, len(self._stamps))
             stamps = np.array(self._stamps[lo:hi])
             poses = np.stack(self._poses[lo:hi])
         n = len(stamps)
         if np.any(q < stamps[0] - self.max_extrapolation_s) or np.any(q > stamps[-1] + self.max_extrapolation_s):
             return None
+        max_gap_s = self.max_gap_s
         after = np.searchsorted(stamps, q, side="left")  # first sample at or after each stamp
         exact = (after < n) & (stamps[np.minimum(after, n - 1)] == q)
         i0 = np.where(exact, after, np.clip(after - 1, 0, n - 1))  # outside the span both ends are the nearest
         i1 = np.where(exact, after, np.clip(after, 0, n - 1))
+        # outside the span: the motion from a sample at least as far inside as the stamp is out to the end sample,
+        # continued at constant velocity (alpha beyond [0, 1]): a held pose lags a moving body by the whole step out
+        # (a VIO pose for image k arrives after it: ~20 px at 1 rad/s and 30 Hz). Held where no such sample lies
+        # within max_gap_s of the end (the buffer just started, or a gap): a velocity measured over a much shorter
+        # baseline would amplify the odometry's noise, one over a gap is not the current one
+        base_new = np.searchsorted(stamps, 2.0 * stamps[-1] - q, side="right") - 1  # last at or before the mirror
+        base_old = np.searchsorted(stamps, 2.0 * stamps[0] - q, side="left")  # first at or after the mirror
+        past = (q > stamps[-1]) & (base_new >= 0) & (stamps[-1] - stamps[np.maximum(base_new, 0)] <= max_gap_s)
+        ahead = (q < stamps[0]) & (base_old < n) & (stamps[np.minimum(base_old, n - 1)] - stamps[0] <= max_gap_s)
+        i0 = np.where(past, base_new, np.where(ahead, 0, i0))
+        i1 = np.where(past, n - 1, np.where(ahead, base_old, i1))
         gap = stamps[i1] - stamps[i0]
+        if np.any(gap > max_gap_s):
+            return None
         alpha = np.divide(q - stamps[i0], gap, out=np.zeros_like(q), where=gap > 0)
         out = interpolate_transforms(poses[i0], poses[i1], alpha)
         same = i0 == i1

@@ -125,7 +125,7 @@ class NodeHarness:
         self,
         points: np.ndarray,
         stamp_s: float,
-        frame_id: str = "anchor",
+        frame_id: str = "camera_optical",  # the images' (`header`): points in the camera frame, T_cam_anchor identity
         wait: bool = True,
         columns: dict[str, np.ndarray] | None = None,
     ) -> None:

@@ -53,6 +53,10 @@ def test_stamps_going_backwards_clear_the_buffer(scan):
     assert len(buf) == 6
     assert buf.insert(0.0, scan) is InsertStatus.STAMP_BACKWARDS  # bag looped
     assert len(buf) == 1 and buf.query(10.2) == []
+    # the images saw the loop too: a buffer that restarted since it last looked keeps the new timeline's set
+    restarted = buf.generation
+    assert not buf.clear_unless_restarted(restarted - 1) and len(buf) == 1
+    assert buf.clear_unless_restarted(restarted) and len(buf) == 0
 
 
 def test_buffer_is_bounded(scan):

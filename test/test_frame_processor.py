@@ -91,6 +91,40 @@ def test_odometry_of_another_frame_with_identity_T_body_cam_is_warned(sun3d):
     assert not warned("base_link", rep103)
 
 
+@pytest.mark.parametrize("anchors_in_world", [False, True])
+def test_anchors_of_another_frame_than_the_transform_assumes_are_warned(kitti_lidar, anchors_in_world):
+    # the raw Velodyne scan (x forward, z up) with T_cam_anchor left at identity: taken for camera optical points,
+    # it lands almost wholly behind or beside the camera, and no anchor was used without a word
+    from nav_msgs.msg import Odometry
+
+    from scale_field_ros import msg_codec
+
+    settings, config = load_settings()
+    settings = dataclasses.replace(settings, anchors_in_world=anchors_in_world, motion_compensation=False)
+    frame = kitti_lidar.frame(0)
+    scan = frame.lidar_points.astype(np.float32)
+
+    def causes(cloud_frame: str, T_cam_anchor=None) -> set[str]:
+        s = settings if T_cam_anchor is None else dataclasses.replace(settings, T_cam_anchor=T_cam_anchor)
+        proc = FrameProcessor(s, config, backbone())
+        proc.on_camera_info(conv.camera_info_msg(frame.intrinsics, header(0.0, "camera_optical")))
+        odom = Odometry()
+        odom.header, odom.child_frame_id = header(10.0, "odom"), "camera_optical"
+        odom.pose.pose.orientation.w = 1.0
+        assert proc.on_odom(odom, 10.0) == []
+        assert proc.on_anchors(conv.cloud_msg(msg_codec.cloud_fields(scan), header(10.0, cloud_frame)), 10.0) == []
+        step = proc.process_image(conv.rgb8_image_msg(frame.rgb, header(10.0, "camera_optical")), False, 10.0)
+        return {cause for cause, _ in step.warnings}
+
+    if anchors_in_world:  # landmarks must be in the odometry's world frame
+        assert "anchors_world_frame" in causes("velodyne")
+        assert "anchors_world_frame" not in causes("odom") | causes("")
+    else:
+        assert "T_cam_anchor_identity" in causes("velodyne")
+        assert "T_cam_anchor_identity" not in causes("velodyne", frame.T_cam_lidar)
+        assert "T_cam_anchor_identity" not in causes("camera_optical") | causes("")
+
+
 def test_camera_info_region_of_interest_and_binning_are_read_from_the_message(sun3d):
     from scale_field_ros import msg_codec
 
@@ -149,6 +183,38 @@ def test_a_bag_loop_keeps_the_new_timelines_early_odometry_and_anchors(sun3d):
     assert any(cause == "image_stamp_backwards" for cause, _ in step.warnings)
     assert len(proc.pose_buffer) == 2 and proc.pose_buffer.covers(0.01)
     assert step.frame.found.n_sets == 1
+
+
+def test_a_bag_loop_drops_what_arrived_before_it_whatever_its_stamp(sun3d):
+    # the clock goes back 0.75 s and the new timeline's first image comes before its odometry and scans: the old
+    # timeline's poses and scans stamped around the new images were kept and mixed with the new ones
+    proc, msg, odom, cloud = _processor_with_odom_and_cloud(sun3d)
+    odom.pose.pose.position.x = 1.0  # the old trajectory
+    for k in range(80):
+        t = round(5.0 + k * 0.05, 6)
+        proc.on_odom(odom, t)
+        proc.on_anchors(cloud, t)
+    assert proc.process_image(msg, False, 8.95).frame is not None
+    step = proc.process_image(msg, False, 8.2)
+    assert any(cause == "image_stamp_backwards" for cause, _ in step.warnings)
+    odom.pose.pose.position.x = -1.0  # the new trajectory
+    for t in (8.22, 8.27):
+        assert proc.on_odom(odom, t) == []
+    assert proc.on_anchors(cloud, 8.25) == []
+    np.testing.assert_allclose(proc.pose_buffer.lookup(8.25)[:3, 3], [-1.0, 0.0, 0.0])
+    assert proc.process_image(msg, False, 8.25).frame.found.n_sets == 1
+
+
+def test_an_image_in_a_gap_of_the_odometry_is_warned_not_given_an_invented_pose(sun3d):
+    proc, msg, odom, cloud = _processor_with_odom_and_cloud(sun3d)
+    for t in (9.0, 11.0):  # 2 s without odometry around the image
+        proc.on_odom(odom, t)
+    proc.on_anchors(cloud, 10.0)
+    step = proc.process_image(msg, False, 10.0)
+    assert [text for cause, text in step.warnings if cause == "odom_missing"] == [
+        "odometry does not cover the image stamp (10.000 s; a pose is looked up at most odom_max_extrapolation 0.1 s "
+        "outside the buffered ones, and between two at most 0.5 s apart)"
+    ]
 
 
 def test_odometry_far_ahead_of_the_images_is_refused_and_keeps_the_history(sun3d):

@@ -77,7 +77,8 @@ def test_pose_buffer_lookup(seq):
     np.testing.assert_allclose(buf.lookup(1 / 30.0), poses[1])
     between = buf.lookup(1.5 / 30.0)
     np.testing.assert_allclose(between, interpolate_transform(poses[1], poses[2], 0.5), atol=1e-9)
-    np.testing.assert_allclose(buf.lookup(2 / 30.0 + 0.01), poses[2])  # small extrapolation holds the nearest
+    # a small extrapolation continues the motion over the last 1/30 s (0.3 of it past the end)
+    np.testing.assert_allclose(buf.lookup(2 / 30.0 + 0.01), interpolate_transform(poses[1], poses[2], 1.3), atol=1e-9)
     assert buf.covers(2 / 30.0) and not buf.covers(2 / 30.0 + 0.01)  # ... which `covers` does not count
     assert buf.lookup(2 / 30.0 + 0.1) is None
     assert buf.lookup(-0.1) is None
@@ -91,6 +92,45 @@ def test_pose_buffer_lookup(seq):
     buf.insert(-4.9, poses[1])
     buf.drop_newer_than(-4.95)
     assert len(buf) == 1 and buf.lookup(-5.0) is not None
+
+
+def test_no_pose_is_invented_across_a_gap_in_the_odometry(seq):
+    # the real poses of frames 0 to 2 (30 Hz), with 4.6 s between the last two: a pose in there would be invented
+    T0, T1, T2 = (seq.frame(i).T_world_cam for i in range(3))
+    buf = PoseBuffer(max_extrapolation_s=0.1)
+    for t, T in ((0.0, T0), (0.4, T1), (5.0, T2)):
+        buf.insert(t, T)
+    assert buf.lookup(2.5) is None and buf.lookup_many(np.array([0.2, 2.5])) is None
+    np.testing.assert_allclose(buf.lookup(5.0), T2)  # a buffered stamp still returns its pose
+    # within MAX_POSE_GAP_S: interpolated
+    np.testing.assert_allclose(buf.lookup(0.2), interpolate_transform(T0, T1, 0.5), atol=1e-9)
+    buf.max_extrapolation_s = 2.5  # a pose held up to 2.5 s from a sample allows gaps twice that
+    assert buf.lookup(2.5) is not None
+
+
+@pytest.mark.parametrize("end", ["newest", "oldest"])
+def test_a_pose_past_the_buffer_continues_the_motion(seq, end):
+    # a VIO pose for image k arrives after the image: with the poses of frames 0 and 1 (30 Hz) buffered, the pose
+    # at frame 2's stamp was frame 1's held; continued at constant velocity it is nearer frame 2's true pose
+    # (and mirrored: frames 1 and 2 buffered, frame 0's stamp)
+    T = [seq.frame(i).T_world_cam for i in range(3)]
+    known, wanted = ((0, 1), 2) if end == "newest" else ((1, 2), 0)
+    buf = PoseBuffer(max_extrapolation_s=0.05)
+    for i in known:
+        buf.insert(i / 30.0, T[i])
+    got = buf.lookup(wanted / 30.0)
+    held = T[1]
+    truth = T[wanted]
+    err_t = np.linalg.norm(got[:3, 3] - truth[:3, 3])
+    held_t = np.linalg.norm(held[:3, 3] - truth[:3, 3])
+    err_deg, held_deg = _angle_deg(got[:3, :3].T @ truth[:3, :3]), _angle_deg(held[:3, :3].T @ truth[:3, :3])
+    assert err_t < 0.5 * held_t and err_deg < 0.5 * held_deg, (err_t, held_t, err_deg, held_deg)
+    np.testing.assert_allclose(got[:3, :3] @ got[:3, :3].T, np.eye(3), atol=1e-5)  # a rotation (poses: 6 digits)
+    # the velocity is measured over at least the step out: a baseline shorter than it holds the nearest pose
+    short = PoseBuffer(max_extrapolation_s=0.05)
+    short.insert(1 / 30.0 - 0.005, T[0])
+    short.insert(1 / 30.0, T[1])
+    np.testing.assert_allclose(short.lookup(2 / 30.0), T[1])
 
 
 def test_pose_buffer_is_bounded(seq):

@@ -137,7 +137,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "odom_max_extrapolation",
         0.1,
-        "use the nearest odometry pose up to this far (s) outside the buffer",
+        "continue the odometry's motion (constant velocity) up to this far (s) outside the buffered poses",
         min=0.0,
         max=10.0,
     ),
