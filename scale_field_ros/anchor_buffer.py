@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import numpy as np
 from .anchors import Anchors, anchors_from_points
 from .camera import Intrinsics, transform_points
 from .deskew import knot_times, transform_at_times
-from .poses import PoseBuffer, camera_from_world, drop_newer, scan_to_image_transform
+from .poses import PoseBuffer, StampedHistory, camera_from_world, scan_to_image_transform
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class InsertStatus(str, enum.Enum):
     INVALID_STAMP = "invalid_stamp"  # NaN/inf stamp: refused
 
 
-class AnchorBuffer:
+class AnchorBuffer(StampedHistory):
     """Anchor sets sorted by stamp; `query(stamp)` returns those within `max_age_s` of it, nearest first.
 
     max_future_s: a set stamped more than this after the reference stamp is refused; it could never
@@ -75,49 +74,14 @@ class AnchorBuffer:
         self.backwards_tolerance_s = float(backwards_tolerance_s)
         self._retention_s = float(retention_s) if retention_s is not None else None
         self.max_sets = int(max_sets)
-        self._stamps: list[float] = []
-        self._sets: list[AnchorSet] = []
-        self._generation = 0  # times the whole history was dropped: every set held arrived after the latest
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._sets)
+        super().__init__()
+        self._items: list[AnchorSet] = []
 
     @property
     def retention_s(self) -> float:
         """Sets older than the newest by more than this are dropped: as given, else 2 max_age_s + 1 s, which
         follows `max_age_s` when it is changed (a larger age must find the sets it asks for)."""
         return self._retention_s if self._retention_s is not None else 2.0 * self.max_age_s + 1.0
-
-    @property
-    def newest_stamp_s(self) -> float | None:
-        with self._lock:
-            return self._stamps[-1] if self._stamps else None
-
-    @property
-    def generation(self) -> int:
-        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
-        with self._lock:
-            return self._generation
-
-    def clear(self) -> None:
-        with self._lock:
-            self._clear_locked()
-
-    def clear_unless_restarted(self, since_generation: int) -> bool:
-        """Drop every set, whatever its stamp, unless the buffer restarted on its own after `since_generation`
-        (then it holds only sets that arrived since: the new timeline's). Returns whether it cleared."""
-        with self._lock:
-            if self._generation != since_generation:
-                return False
-            self._clear_locked()
-            return True
-
-    def _clear_locked(self) -> None:
-        self._stamps.clear()
-        self._sets.clear()
-        self._generation += 1
 
     def insert(
         self,
@@ -154,14 +118,9 @@ class AnchorBuffer:
                 status = InsertStatus.STAMP_BACKWARDS
             i = bisect.bisect_right(self._stamps, stamp_s)
             self._stamps.insert(i, float(stamp_s))
-            self._sets.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id, times))
+            self._items.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id, times))
             self._prune_locked()
         return status
-
-    def drop_newer_than(self, stamp_s: float) -> None:
-        """Forget the sets stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
-        with self._lock:
-            drop_newer(self._stamps, self._sets, stamp_s)
 
     def _prune_locked(self) -> None:
         oldest_kept = self._stamps[-1] - self.retention_s
@@ -169,7 +128,7 @@ class AnchorBuffer:
         start = max(start, len(self._stamps) - self.max_sets)
         if start > 0:
             del self._stamps[:start]
-            del self._sets[:start]
+            del self._items[:start]
 
     def query(self, stamp_s: float, max_age_s: float | None = None) -> list[AnchorSet]:
         """Sets stamped within `max_age_s` (default: the buffer's) of `stamp_s`, nearest in time first."""
@@ -177,7 +136,7 @@ class AnchorBuffer:
         with self._lock:
             lo = bisect.bisect_left(self._stamps, stamp_s - age)
             hi = bisect.bisect_right(self._stamps, stamp_s + age)
-            found = self._sets[lo:hi]
+            found = self._items[lo:hi]
         return sorted(found, key=lambda s: abs(s.stamp_s - stamp_s))
 
 

@@ -95,7 +95,57 @@ def rotation_from_quaternion(q_xyzw: np.ndarray) -> np.ndarray:
 MAX_POSE_GAP_S = 0.5
 
 
-class PoseBuffer:
+class StampedHistory:
+    """Items sorted by stamp behind a lock, with what both of the node's buffers (`PoseBuffer`, `anchor_buffer.
+    AnchorBuffer`) do with their whole history: drop it when stamps jump back (a bag looped), counting each time,
+    so that an image-stamp reset can tell what arrived before it from what arrived after the buffer's own restart."""
+
+    def __init__(self) -> None:
+        self._stamps: list[float] = []
+        self._items: list = []
+        self._generation = 0  # times the whole history was dropped: every item held arrived after the latest
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._stamps)
+
+    @property
+    def newest_stamp_s(self) -> float | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
+    @property
+    def generation(self) -> int:
+        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
+        with self._lock:
+            return self._generation
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear_locked()
+
+    def clear_unless_restarted(self, since_generation: int) -> bool:
+        """Drop every item, whatever its stamp, unless the buffer restarted on its own after `since_generation`
+        (then it holds only items that arrived since: the new timeline's). Returns whether it cleared."""
+        with self._lock:
+            if self._generation != since_generation:
+                return False
+            self._clear_locked()
+            return True
+
+    def drop_newer_than(self, stamp_s: float) -> None:
+        """Forget the items stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
+        with self._lock:
+            drop_newer(self._stamps, self._items, stamp_s)
+
+    def _clear_locked(self) -> None:
+        self._stamps.clear()
+        self._items.clear()
+        self._generation += 1
+
+
+class PoseBuffer(StampedHistory):
     """T_world_body samples sorted by stamp, interpolated at query stamps.
 
     max_extrapolation_s: a stamp outside the buffered span by up to this takes the motion at that end continued at
@@ -117,38 +167,8 @@ class PoseBuffer:
         self.max_extrapolation_s = float(max_extrapolation_s)
         self.backwards_tolerance_s = float(backwards_tolerance_s)
         self.max_samples = int(max_samples)
-        self._stamps: list[float] = []
-        self._poses: list[np.ndarray] = []
-        self._generation = 0  # times the whole history was dropped: every pose held arrived after the latest
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._stamps)
-
-    @property
-    def generation(self) -> int:
-        """How many times the buffer dropped its whole history (stamps went back, or `clear`)."""
-        with self._lock:
-            return self._generation
-
-    def clear(self) -> None:
-        with self._lock:
-            self._clear_locked()
-
-    def clear_unless_restarted(self, since_generation: int) -> bool:
-        """Drop every pose, whatever its stamp, unless the buffer restarted on its own after `since_generation`
-        (then it holds only poses that arrived since: the new timeline's). Returns whether it cleared."""
-        with self._lock:
-            if self._generation != since_generation:
-                return False
-            self._clear_locked()
-            return True
-
-    def _clear_locked(self) -> None:
-        self._stamps.clear()
-        self._poses.clear()
-        self._generation += 1
+        super().__init__()
+        self._items: list[np.ndarray] = []  # T_world_body per stamp
 
     def insert(self, stamp_s: float, T_world_body: np.ndarray) -> bool:
         """Store a pose; returns False when it cleared the buffer because the stamp jumped back."""
@@ -162,26 +182,16 @@ class PoseBuffer:
                 kept_history = False
             i = bisect.bisect_left(self._stamps, stamp_s)
             if i < len(self._stamps) and self._stamps[i] == stamp_s:
-                self._poses[i] = T  # same stamp again: the later message wins
+                self._items[i] = T  # same stamp again: the later message wins
             else:
                 self._stamps.insert(i, float(stamp_s))
-                self._poses.insert(i, T)
+                self._items.insert(i, T)
             start = bisect.bisect_left(self._stamps, self._stamps[-1] - self.span_s)
             start = max(start, len(self._stamps) - self.max_samples)
             if start > 0:
                 del self._stamps[:start]
-                del self._poses[:start]
+                del self._items[:start]
         return kept_history
-
-    def drop_newer_than(self, stamp_s: float) -> None:
-        """Forget the poses stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
-        with self._lock:
-            drop_newer(self._stamps, self._poses, stamp_s)
-
-    @property
-    def newest_stamp_s(self) -> float | None:
-        with self._lock:
-            return self._stamps[-1] if self._stamps else None
 
     @property
     def max_gap_s(self) -> float:
@@ -215,7 +225,7 @@ class PoseBuffer:
             lo = max(bisect.bisect_left(self._stamps, min(q_lo, 2.0 * newest - q_hi)) - 1, 0)
             hi = min(bisect.bisect_right(self._stamps, max(q_hi, 2.0 * oldest - q_lo)) + 1, len(self._stamps))
             stamps = np.array(self._stamps[lo:hi])
-            poses = np.stack(self._poses[lo:hi])
+            poses = np.stack(self._items[lo:hi])
         n = len(stamps)
         if np.any(q < stamps[0] - self.max_extrapolation_s) or np.any(q > stamps[-1] + self.max_extrapolation_s):
             return None
