@@ -203,11 +203,8 @@ class Pipeline:
             # the weights themselves are fitted to the raw anchors, so the field, not the correction, explains
             # what it can (fitted to anchors with the correction taken out, the first frame's split between
             # field and correction would stick)
-            if carried is None:
-                local = local_alone = self._fit_local(bases, design, fit, clean)
-            else:
-                decorrected = _decorrected(design, bases, clean, carried)
-                local, local_alone = self._fit_local(bases, decorrected, fit, clean, raw_design=design)
+            residual_of = design if carried is None else _decorrected(design, bases, clean, carried)
+            local, local_alone = self._fit_local(bases, residual_of, fit, clean, raw_design=design)
         misfit = _misfit_log_var(design, fit)
         t2 = time.perf_counter()
         t_filter_in_solve = t_filter  # the weight filter ran inside the solve's span, the local one runs below
@@ -399,27 +396,25 @@ class Pipeline:
             return self._local_filter.step(shape, stamp_s)
         measured = local.log_ratio if carried is None else carried + local.log_ratio
         noise = np.float32(self.config.noise_rel**2)
-        alone = (local_alone or local).with_misfit(misfit_log_var).variance()
+        alone = local_alone.with_misfit(misfit_log_var).variance()  # None only with local None
         return self._local_filter.step(shape, stamp_s, measured, local.variance() + noise, alone)
 
-    def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors, raw_design=None):
-        """The local correction from the residuals of `design`'s targets under `fit`, or None (too few anchors
-        left). With `raw_design` (the same rows, `design` being them with a carried correction taken out): the
-        pair (correction, the same with its misfit from the raw residuals, `with_own_misfit`), or (None, None)."""
+    def _fit_local(self, bases, design, fit: FitResult, anchors: Anchors, raw_design):
+        """(correction, the same with its misfit from the raw residuals) from the residuals of `design`'s targets
+        under `fit`, or (None, None) with too few anchors left. `raw_design`: the same rows as the frame measured
+        them (`design` may be them with a carried correction taken out; `with_own_misfit`); the pair's two are
+        one where `design` is `raw_design`."""
         fitted = design.matrix @ fit.weights
-        none = None if raw_design is None else (None, None)
-        ok = (fitted > 0) & np.isfinite(design.target)
-        if raw_design is not None:
-            ok &= np.isfinite(raw_design.target)
+        ok = (fitted > 0) & np.isfinite(design.target) & np.isfinite(raw_design.target)
         if ok.sum() < self.config.local.min_anchors:
-            return none
+            return None, None
         log_ratio_all = np.log(design.target[ok] / fitted[ok])
         a = anchors.subset(np.flatnonzero(ok))
         # outliers for the local term: anchors that disagree with their neighbours (misfit of the global field
         # is spatially coherent, a wrong anchor is not)
         keep = neighbour_consistent(a.u, a.v, log_ratio_all, self.config.local.outlier_log, log_g=_log_g_at(bases, a))
         if keep.sum() < self.config.local.min_anchors:
-            return none
+            return None, None
         a = a.subset(np.flatnonzero(keep))
         log_ratio = log_ratio_all[keep]
         fh, fw = bases.full_shape
@@ -429,8 +424,8 @@ class Pipeline:
         hull = _hull_fraction(xw, yw, (h, w))
         weight, log_g_work = a.weight.astype(np.float64), np.log(bases.inv_rel_work)
         local = local_correction(xw, yw, log_ratio, weight, log_g_work, self.config.local, hull)
-        if raw_design is None:
-            return local
+        if raw_design is design:
+            return local, local
         raw_log_ratio = np.log(raw_design.target[ok][keep] / fitted[ok][keep])
         return local, with_own_misfit(local, xw, yw, raw_log_ratio, weight, log_g_work, self.config.local)
 
