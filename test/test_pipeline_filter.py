@@ -12,7 +12,7 @@ from field_backbone import backbone, infer
 from scale_field_ros.anchors import Anchors
 from scale_field_ros.metrics import compute_metrics, evaluation_mask
 from scale_field_ros.patterns import draw_anchors
-from scale_field_ros.pipeline import Pipeline, PipelineConfig
+from scale_field_ros.pipeline import Pipeline, PipelineConfig, _misfit_design_effect
 from scale_field_ros.solver import FitLevel
 from scale_field_ros.temporal_filter import FilterConfig
 
@@ -106,6 +106,34 @@ def test_the_family_does_not_drop_weights_while_the_anchors_allow_them():
     assert np.all(np.diff(tiers) >= 0), tiers
     assert max(filtered) <= max(single) + 0.005, (filtered, single)
     assert np.mean(filtered) < np.mean(single)
+
+
+def test_a_static_street_with_fresh_scan_lines_does_not_reset():
+    # the scan lines move a little every frame (as on a pitching car): the field's misfit is shared along a line,
+    # so the weights vary between frames far beyond what independent anchor errors say; before the innovation
+    # counted the misfit's design effect the filter reset on the fifth frame (17 times in 90 frames)
+    frame, out = infer("kitti_semidense", 0)
+    pipe = Pipeline(None, PipelineConfig(max_depth_m=80.0, filter=FilterConfig(enabled=True)))
+    for k in range(30):
+        res = pipe.process_output(out, draw_anchors(frame, "lidar", 1000, seed=k, noise=0.02).anchors, k * DT)
+        assert not res.filter_reset, (k, res.filter_reset)
+
+
+def test_the_misfit_design_effect_is_one_for_independent_errors_and_large_for_shared_ones():
+    rng = np.random.default_rng(0)
+    n, shape = 2000, (480, 640)
+    u, v = rng.uniform(0, 640, n), rng.uniform(0, 480, n)
+    rows = np.stack([np.ones(n), u / 640, v / 480], axis=1)
+    covariance = np.linalg.inv(rows.T @ rows)
+    independent = rng.standard_normal(n)
+    assert 0.99 <= _misfit_design_effect(rows, independent, u, v, shape, covariance, 1.0) < 1.5
+    # errors shared within a cell of the grid (an object the bases cannot follow), same variance per anchor
+    cell = (v // 60).astype(int) * 8 + (u // 80).astype(int)
+    shared = rng.standard_normal(64)[cell] * np.sqrt(0.9) + rng.standard_normal(n) * np.sqrt(0.1)
+    assert _misfit_design_effect(rows, shared, u, v, shape, covariance, 1.0) > 5.0
+    # a misfit already counted (the residual variance) is not counted twice
+    effect = _misfit_design_effect(rows, 3.0 * independent, u, v, shape, covariance, 9.0)
+    assert 0.99 <= effect < 1.5
 
 
 def _absrel80(res, draw) -> float:
