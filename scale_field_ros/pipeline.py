@@ -531,10 +531,13 @@ def _misfit_design_effect(rows, residuals, u, v, shape: tuple[int, int], covaria
     h, w = shape
     g = _MISFIT_CLUSTER_GRID
     cell = np.clip((v * g / h).astype(np.int64), 0, g - 1) * g + np.clip((u * g / w).astype(np.int64), 0, g - 1)
+    k = rows.shape[1]
     scores = rows * residuals[:, None]
-    t = np.stack([np.bincount(cell, weights=col, minlength=g * g) for col in scores.T], axis=1)
-    clustered = float(np.einsum("gi,ij,gj->", t, covariance, t))
-    model = misfit * float(np.einsum("ni,ij,nj->", rows, covariance, rows))
+    # all cells' score sums in one bincount: bin (cell, column)
+    bins = (cell[:, None] * k + np.arange(k)).ravel()
+    t = np.bincount(bins, weights=scores.ravel(), minlength=g * g * k).reshape(g * g, k)
+    clustered = float(np.sum((t @ covariance) * t))
+    model = misfit * float(np.sum((rows @ covariance) * rows))
     return max(clustered / model, 1.0) if model > 0 and np.isfinite(clustered) else 1.0
 
 
