@@ -526,7 +526,7 @@ def _misfit_design_effect(rows, residuals, u, v, shape: tuple[int, int], covaria
     tr(C sum_g t_g t_g^T) / (misfit tr(C A^T A)), t_g the score sum_{i in g} a_i e_i of cell g; at least 1.
     `rows` A and `residuals` e are whitened by the anchors' sigma. The field's misfit is spatially coherent
     (an object the bases cannot follow), so anchors of one cell err together; independent errors give ~1,
-    KITTI's 200 to 1000 LiDAR-line anchors 3 to 8 (with it, a static street with fresh scan lines every
+    KITTI's LiDAR-line anchors several times that (with it, a static street with fresh scan lines every
     frame no longer resets the filter every few frames)."""
     h, w = shape
     g = _MISFIT_CLUSTER_GRID
