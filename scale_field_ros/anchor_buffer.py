@@ -113,22 +113,13 @@ class AnchorBuffer(StampedHistory):
             return InsertStatus.FAR_FUTURE
         status = InsertStatus.OK
         with self._lock:
-            if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
-                self._clear_locked()
+            if self._restart_if_back_locked(stamp_s, self.backwards_tolerance_s):
                 status = InsertStatus.STAMP_BACKWARDS
             i = bisect.bisect_right(self._stamps, stamp_s)
             self._stamps.insert(i, float(stamp_s))
             self._items.insert(i, AnchorSet(float(stamp_s), np.ascontiguousarray(pts), frame_id, times))
-            self._prune_locked()
+            self._trim_locked(self.retention_s, self.max_sets)
         return status
-
-    def _prune_locked(self) -> None:
-        oldest_kept = self._stamps[-1] - self.retention_s
-        start = bisect.bisect_left(self._stamps, oldest_kept)
-        start = max(start, len(self._stamps) - self.max_sets)
-        if start > 0:
-            del self._stamps[:start]
-            del self._items[:start]
 
     def query(self, stamp_s: float, max_age_s: float | None = None) -> list[AnchorSet]:
         """Sets stamped within `max_age_s` (default: the buffer's) of `stamp_s`, nearest in time first."""

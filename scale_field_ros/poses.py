@@ -137,12 +137,30 @@ class StampedHistory:
     def drop_newer_than(self, stamp_s: float) -> None:
         """Forget the items stamped after `stamp_s` (far ahead of the images: glitched stamps)."""
         with self._lock:
-            drop_newer(self._stamps, self._items, stamp_s)
+            keep = bisect.bisect_right(self._stamps, stamp_s)
+            del self._stamps[keep:]
+            del self._items[keep:]
 
     def _clear_locked(self) -> None:
         self._stamps.clear()
         self._items.clear()
         self._generation += 1
+
+    def _restart_if_back_locked(self, stamp_s: float, tolerance_s: float) -> bool:
+        """Drop the whole history when `stamp_s` is older than the newest item by more than `tolerance_s` (the
+        source restarted: a bag looped); returns whether it did."""
+        if self._stamps and stamp_s < self._stamps[-1] - tolerance_s:
+            self._clear_locked()
+            return True
+        return False
+
+    def _trim_locked(self, span_s: float, max_items: int) -> None:
+        """Keep the items stamped within `span_s` of the newest, at most the newest `max_items` of them."""
+        start = bisect.bisect_left(self._stamps, self._stamps[-1] - span_s)
+        start = max(start, len(self._stamps) - max_items)
+        if start > 0:
+            del self._stamps[:start]
+            del self._items[:start]
 
 
 class PoseBuffer(StampedHistory):
@@ -175,22 +193,15 @@ class PoseBuffer(StampedHistory):
         if not np.isfinite(stamp_s):
             raise ValueError(f"pose stamp must be finite, got {stamp_s}")
         T = np.asarray(T_world_body, np.float64).reshape(4, 4)
-        kept_history = True
         with self._lock:
-            if self._stamps and stamp_s < self._stamps[-1] - self.backwards_tolerance_s:
-                self._clear_locked()
-                kept_history = False
+            kept_history = not self._restart_if_back_locked(stamp_s, self.backwards_tolerance_s)
             i = bisect.bisect_left(self._stamps, stamp_s)
             if i < len(self._stamps) and self._stamps[i] == stamp_s:
                 self._items[i] = T  # same stamp again: the later message wins
             else:
                 self._stamps.insert(i, float(stamp_s))
                 self._items.insert(i, T)
-            start = bisect.bisect_left(self._stamps, self._stamps[-1] - self.span_s)
-            start = max(start, len(self._stamps) - self.max_samples)
-            if start > 0:
-                del self._stamps[:start]
-                del self._items[:start]
+            self._trim_locked(self.span_s, self.max_samples)
         return kept_history
 
     @property
@@ -253,13 +264,6 @@ class PoseBuffer(StampedHistory):
         same = i0 == i1
         out[same] = poses[i0[same]]  # as stored: the rotation round trip would re-orthonormalise it
         return out
-
-
-def drop_newer(stamps: list[float], items: list, stamp_s: float) -> None:
-    """Delete the entries of a stamp-sorted list (and its parallel `items`) stamped after `stamp_s`."""
-    keep = bisect.bisect_right(stamps, stamp_s)
-    del stamps[keep:]
-    del items[keep:]
 
 
 def camera_from_world(T_world_body: np.ndarray, T_body_cam: np.ndarray) -> np.ndarray:
