@@ -612,7 +612,6 @@ def benchmark_input(
         out = BackboneOutput(rel, DepthKind.DEPTH, True, {"bench": np.ascontiguousarray(feats.transpose(2, 0, 1))})
     h, w = out.shape
     truth = gt if gt.shape == (h, w) else cv2.resize(gt, (w, h), interpolation=cv2.INTER_NEAREST)
-    w = out.shape[1]
     flat = np.flatnonzero(truth.ravel() > 0)
     pick = rng.choice(flat, size=min(n_anchors, flat.size), replace=False)
     rows, cols = np.divmod(pick, w)
