@@ -432,7 +432,7 @@ class Pipeline:
         if raw_design is design:
             return local, local
         raw_log_ratio = np.log(raw_design.target[ok][keep] / fitted[ok][keep])
-        return local, with_own_misfit(local, xw, yw, raw_log_ratio, weight, log_g_work, self.config.local)
+        return local, with_own_misfit(local, xw, yw, raw_log_ratio, weight, self.config.local)
 
 
 def _explained(fit: FitResult, why: str) -> FitResult:

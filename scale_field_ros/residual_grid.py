@@ -58,6 +58,7 @@ class LocalCorrection:
     prior_count: float
     edge_var: np.ndarray | float = 0.0  # h x w float32: the misfit's edge part (log-depth variance), or 0
     edge_var_at_anchors: float = 0.0  # its mean over the anchors (the part of their misfit it explains)
+    edge_map: np.ndarray | None = None  # h x w: the `edge_strength` the split was made against (None: no split)
 
     def variance(self) -> np.ndarray:
         """Remaining log-depth variance: the misfit where no anchor is near, shrinking with density, plus the
@@ -111,8 +112,9 @@ def local_correction(
 ) -> LocalCorrection:
     """The local correction field from the anchors' log residual ratios."""
     h, w = log_g_work.shape
+    edge = edge_strength(log_g_work)
     value, xi, yi, (resid_var, edge_var, edge_at_anchors) = _misfit_split(
-        x_work, y_work, log_ratio, weight, log_g_work, config
+        x_work, y_work, log_ratio, weight, edge, config
     )
     pc = max(config.prior_count, 1e-3)
     if config.method == "grid":
@@ -126,7 +128,7 @@ def local_correction(
     else:
         corr, density = push_pull(x_work, y_work, value, weight, (h, w), config.prior_count, config.pushpull_tau)
         density = cv2.boxFilter(density, -1, (5, 5), normalize=False)
-    return LocalCorrection(corr, density.astype(np.float32), resid_var, pc, edge_var, edge_at_anchors)
+    return LocalCorrection(corr, density.astype(np.float32), resid_var, pc, edge_var, edge_at_anchors, edge)
 
 
 def with_own_misfit(
@@ -135,25 +137,25 @@ def with_own_misfit(
     y_work: np.ndarray,
     log_ratio: np.ndarray,
     weight: np.ndarray,
-    log_g_work: np.ndarray,
     config: LocalConfig,
 ) -> LocalCorrection:
     """`local` (its correction and density) with the misfit split redone on `log_ratio`, other residuals at the
-    same anchors. With a carried correction, `local` is fitted to what the anchors add to it, and its misfit is
-    that innovation's, near 0 when the anchors repeat; the frame's own residuals give the variance the frame
-    alone would publish, the temporal filter's floor."""
-    *_, (resid_var, edge_var, edge_at_anchors) = _misfit_split(x_work, y_work, log_ratio, weight, log_g_work, config)
+    same anchors, against the same edge map. With a carried correction, `local` is fitted to what the anchors add
+    to it, and its misfit is that innovation's, near 0 when the anchors repeat; the frame's own residuals give
+    the variance the frame alone would publish, the temporal filter's floor."""
+    edge = local.edge_map if local.edge_map is not None else np.zeros(local.log_ratio.shape, np.float32)
+    *_, (resid_var, edge_var, edge_at_anchors) = _misfit_split(x_work, y_work, log_ratio, weight, edge, config)
     return replace(local, residual_var=resid_var, edge_var=edge_var, edge_var_at_anchors=edge_at_anchors)
 
 
-def _misfit_split(x_work, y_work, log_ratio, weight, log_g_work, config: LocalConfig):
+def _misfit_split(x_work, y_work, log_ratio, weight, edge: np.ndarray, config: LocalConfig):
     """The anchors' clipped log residuals, their working pixels (xi, yi), and `LocalCorrection`'s misfit split of
-    them against the edge strength: (residual_var, edge_var map or 0, edge_var_at_anchors)."""
-    h, w = log_g_work.shape
+    them against the edge strength `edge` (`edge_strength`, h x w): (residual_var, edge_var map or 0,
+    edge_var_at_anchors)."""
+    h, w = edge.shape
     value = np.clip(log_ratio, -config.max_abs_log, config.max_abs_log)
     yi = np.clip(np.round(y_work).astype(np.int64), 0, h - 1)
     xi = np.clip(np.round(x_work).astype(np.int64), 0, w - 1)
-    edge = edge_strength(log_g_work)
     edge_at = edge[yi, xi].astype(np.float64)
     resid_var, k_edge = edge_misfit(value**2, edge_at, weight)
     edge_at_anchors = k_edge * float(np.average(edge_at, weights=weight)) if weight.sum() > 0 else 0.0
