@@ -240,14 +240,20 @@ def pick_feature(out: BackboneOutput, name: str) -> np.ndarray | None:
     return best
 
 
+def finite_float32(a: np.ndarray) -> np.ndarray:
+    """A feature map as contiguous float32 with non-finite values zeroed (what the analytic and the learned bases
+    take): `np.nan_to_num`'s default turns inf into float32's largest value, and one such value made the feature
+    components' PCA fail (ValueError) or, in a learned head, every map NaN."""
+    a = np.ascontiguousarray(a, np.float32)
+    return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def feature_components(out: BackboneOutput, config: BasisConfig, log_g_work: np.ndarray) -> list[np.ndarray]:
     """Leading principal components of a feature map, sign-fixed, guided-upsampled to working resolution."""
     fmap = pick_feature(out, config.feature_name)
     if fmap is None:
         return []
-    fmap = np.asarray(fmap, np.float32)
-    if not np.all(np.isfinite(fmap)):
-        fmap = np.nan_to_num(fmap)
+    fmap = finite_float32(fmap)
     h, w = log_g_work.shape
     fmap = pool_feature(fmap, (h, w))
     c, fh, fw = fmap.shape

@@ -29,7 +29,7 @@ from torch import nn
 
 from .anchors import Anchors
 from .backbone import BackboneOutput
-from .bases import relative_inverse_depth, working_shape
+from .bases import finite_float32, relative_inverse_depth, working_shape
 from .basis_set import BasisConfig, BasisSet
 from .graph_backbone import LEARNED_BASES_OUTPUT, LEARNED_HEAD_META_KEY
 from .hashing import file_sha256
@@ -222,13 +222,6 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
-
-
-def finite_float32(a: np.ndarray) -> np.ndarray:
-    """A feature map as contiguous float32 with non-finite values zeroed, as the analytic bases take it: one inf
-    from the backbone would make every learned map NaN."""
-    a = np.ascontiguousarray(a, np.float32)
-    return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def model_sha256(path: str | Path | None) -> str:

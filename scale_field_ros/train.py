@@ -127,8 +127,7 @@ def make_view(frame, backbone, taps: tuple[str, ...], work_long_side: int) -> Vi
     import cv2
     import torch
 
-    from .bases import relative_inverse_depth, working_shape
-    from .basis_head import finite_float32
+    from .bases import finite_float32, relative_inverse_depth, working_shape
 
     out = backbone.infer(frame.rgb)
     g, med, _ = relative_inverse_depth(out)

@@ -102,6 +102,18 @@ def test_flat_or_invalid_relative_depth_is_flagged_not_nan():
     np.testing.assert_allclose(relative_inverse_depth(inv)[0], relative_inverse_depth(out)[0], rtol=1e-4)
 
 
+def test_non_finite_features_are_zeroed_not_a_crash():
+    # np.nan_to_num's default turned inf into float32's largest value, and the PCA raised ValueError
+    _, out = infer("nyu", 0)
+    clean = build_bases(out, BasisConfig(), 1000)
+    for bad_value in (np.inf, -np.inf, np.nan):
+        feats = {name: f.copy() for name, f in out.features.items()}
+        for f in feats.values():
+            f[0, :4, :4] = bad_value
+        b = build_bases(dataclasses.replace(out, features=feats), BasisConfig(), 1000)
+        assert b.names == clean.names and np.all(np.isfinite(b.maps))
+
+
 def test_basis_outputs_of_a_graph_are_never_taken_for_the_pca_feature():
     """A graph's own basis maps (analytic or a trained head's) ride in `features` too; the PCA uses the network's."""
     from scale_field_ros.bases import pick_feature
