@@ -112,7 +112,14 @@ def evaluate(
     import dataclasses
 
     from .datasets import load_dataset
-    from .metrics import DepthMetrics, StdCalibration, compute_metrics, evaluation_mask, std_calibration
+    from .metrics import (
+        DepthMetrics,
+        StdCalibration,
+        compute_metrics,
+        evaluation_mask,
+        finite_means,
+        std_calibration,
+    )
     from .patterns import Pattern, draw_anchors, supports
 
     fns, base_cfg, pipeline_cls = method_functions(spec.methods, pipeline_config)
@@ -182,10 +189,8 @@ def evaluate(
         for (n, name), ms in acc.items():
             row = {"dataset": ds.name, "pattern": pattern.value, "anchors": n, "method": name, "samples": len(ms)}
             row["anchors_drawn"] = float(np.mean(drawn[n]))  # fewer than asked where the data has fewer
-            for key in DepthMetrics.names():
-                vals = np.array([getattr(m, key) for m in ms], np.float64)
-                vals = vals[np.isfinite(vals)]  # draws that left nothing to score do not count
-                row[key] = float(vals.mean()) if vals.size else None
+            names = DepthMetrics.names()
+            row.update(zip(names, finite_means([[getattr(m, key) for key in names] for m in ms]), strict=True))
             if (n, name) in calibration:
                 keys = [f.name for f in dataclasses.fields(StdCalibration)]
                 table = np.array([[getattr(c, k) for k in keys] for c in calibration[n, name]], np.float64)

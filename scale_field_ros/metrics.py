@@ -100,6 +100,17 @@ def compute_metrics(
     )
 
 
+def finite_means(table) -> list[float | None]:
+    """Per column of `table` (rows: frames or draws; None or NaN where a metric is undefined), the mean over the
+    rows where it is finite; None where no row has it (a draw or frame that left no pixel to score counts for
+    nothing, rather than making the mean NaN, which is not JSON)."""
+    values = np.array(table, np.float64).reshape(len(table), -1)  # None -> NaN
+    ok = np.isfinite(values)
+    sums = np.where(ok, values, 0.0).sum(axis=0)
+    counts = ok.sum(axis=0)
+    return [float(t / c) if c else None for t, c in zip(sums, counts, strict=True)]
+
+
 def shown(value: float | None, digits: int) -> str:
     """A metric for a printed summary: n/a where it is undefined (no pixel was left to score)."""
     return "n/a" if value is None else f"{value:.{digits}f}"

@@ -455,7 +455,7 @@ def run_dataset(
 
     from .datasets import load_dataset
     from .depth_points import decimated_points
-    from .metrics import DepthMetrics, compute_metrics, evaluation_mask
+    from .metrics import DepthMetrics, compute_metrics, evaluation_mask, finite_means
     from .panels import write_panel
     from .patterns import Pattern, draw_anchors, supports
     from .pipeline import Pipeline
@@ -514,10 +514,7 @@ def run_dataset(
             # mean over the frames where a metric is defined; null where none is (a frame with no evaluable
             # pixels gives NaN metrics, which are not JSON, and np.nanmean of all-NaN warns)
             names = DepthMetrics.names()
-            values = np.array([[r[k] for k in names] for r in rows], np.float64)  # null -> NaN
-            ok = np.isfinite(values)
-            counts = np.where(ok.any(axis=0), ok.sum(axis=0), np.nan)  # NaN (then null) where no frame has it
-            mean = finite_or_none(dict(zip(names, np.where(ok, values, 0.0).sum(axis=0) / counts, strict=True)))
+            mean = dict(zip(names, finite_means([[r[k] for k in names] for r in rows]), strict=True))
             doc = {
                 "dataset": ds.name,
                 "pattern": pattern,
