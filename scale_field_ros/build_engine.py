@@ -39,11 +39,15 @@ def engine_input_shape(fixed_hw: tuple[int, int] | None, multiple: int, width: i
 
 def run(args: argparse.Namespace) -> int:
     from scale_field_ros.onnxruntime_runtime import read_graph_meta
-    from scale_field_ros.runtime_select import device_index
+    from scale_field_ros.runtime_select import device_class, device_index
     from scale_field_ros.tensorrt_runtime import TensorRTUnavailable, load_or_build_engine
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not (args.device == "cuda" or (args.device.startswith("cuda:") and args.device[5:].isdigit())):
+    try:
+        on_gpu = device_class(args.device) == "cuda"  # the one parser of device strings
+    except ValueError:
+        on_gpu = False
+    if not on_gpu:
         print(f"scale-field build-engine: error: --device must be cuda or cuda:N, got {args.device!r}", file=sys.stderr)
         return 2
     meta = read_graph_meta(args.onnx)
