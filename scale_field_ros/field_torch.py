@@ -400,7 +400,7 @@ def fit_field(
     fit = solve(design, prior, solver_config, FitLevel.FULL, robust, lowest)
     # as the pipeline: refit with sigma relative to the fitted inverse depth (field.relative_to_fit)
     fitted = (design.matrix @ fit.weights[..., None])[..., 0]
-    factor = fit_relative_factor(TorchOps(fitted.dtype, fitted.device), fitted, design.target)
+    factor = fit_relative_factor(xp, fitted, design.target)  # fitted: the design's dtype and device
     relative = dataclasses.replace(design, sigma=design.sigma * factor)
     refit = solve(relative, prior, solver_config, FitLevel.FULL, robust, lowest)
     keep = fit.level == 3  # the field fit fell to the prior: nothing to refit
