@@ -46,6 +46,14 @@ class Anchors:
         w = np.ones_like(d) if weight is None else np.asarray(weight, np.float32).ravel()
         return Anchors(u, v, d, w)
 
+    @staticmethod
+    def concatenate(parts) -> Anchors:
+        """All anchors of `parts` (a sequence of Anchors) in one set, in order."""
+        parts = list(parts)
+        if not parts:
+            return Anchors.empty()
+        return Anchors(*(np.concatenate([getattr(a, f) for a in parts]) for f in ("u", "v", "depth_m", "weight")))
+
     def subset(self, index: np.ndarray) -> Anchors:
         return Anchors(self.u[index], self.v[index], self.depth_m[index], self.weight[index])
 

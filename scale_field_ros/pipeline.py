@@ -35,8 +35,10 @@ from .field import (
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent, with_own_misfit
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
 from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
+from .tier_selection import absrel_scale, gross_outlier_free, select_tier
 
-_FAMILY_VOTES = 5  # the filter's basis family is the median of this many frames' own choices
+_FAMILY_FRAMES = 5  # the filter's family: the median pick of this many frames, each on this many frames' anchors
+_POOL_MAX_ANCHORS = 5000  # ... at most this many of them, evenly spread (the test's cost is linear in them)
 
 
 def _default_filter_config() -> FilterConfig:
@@ -143,6 +145,7 @@ class Pipeline:
         self.bases_fn = bases_fn or bases_provider(self.config.basis, getattr(backbone, "name", None))
         self._filter = None
         self._local_filter = None
+        self._pooled_tier: int | None = None  # this frame's family for the filter (`_pool_anchors`; None: none)
         self.reset()
 
     def reset(self) -> None:
@@ -151,11 +154,18 @@ class Pipeline:
         self._local_filter = CorrectionFilter(cfg) if self._filter is not None else None
         self._forget_family()
 
-    def _forget_family(self) -> None:
+    def _forget_family(self, keep_pool: bool = False) -> None:
+        """Drop what belongs to the filter state's family; `keep_pool`: the latest frames' anchors and picks stay
+        (the same scene and timeline, only the state went)."""
         self._names: tuple[str, ...] = ()  # basis names of the filter state's weights
         self._tier = 0  # basis tier of the filter state
         self._misfit: float | None = None  # model misfit of the last anchored frame (kept while coasting)
-        self._votes: deque[int] = deque(maxlen=_FAMILY_VOTES)  # the latest frames' own basis tiers
+        if not keep_pool:
+            self._pool: deque[Anchors] = deque(maxlen=_FAMILY_FRAMES)  # the latest frames' anchors
+            self._picks: deque[int] = deque(maxlen=_FAMILY_FRAMES)  # the tiers their pooled anchors chose
+            self._pool_shape: tuple[int, int] | None = None  # the image size the pooled anchors belong to
+        # per anchored frame with a state: squared relative errors of the state's prediction and of scale only
+        self._prediction_errors: deque[tuple[float, float]] = deque(maxlen=_FAMILY_FRAMES)
         if self._local_filter is not None:
             self._local_filter.reset()
 
@@ -179,7 +189,8 @@ class Pipeline:
         if use_filter:
             stamp_reset = self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
             if self._filter.state is None:
-                self._forget_family()
+                # the pooled anchors go only with the timeline: frames standing alone still add to them
+                self._forget_family(keep_pool=not stamp_reset)
         bases, own = self._bases(out, clean, use_filter)
         t1 = time.perf_counter()
 
@@ -257,30 +268,32 @@ class Pipeline:
         )
 
     def _bases(self, out: BackboneOutput, clean: Anchors, use_filter: bool) -> tuple[BasisSet, BasisSet]:
-        """The frame's basis family: its own choice (what evaluation uses), or with the filter on, the median
-        of the latest `_FAMILY_VOTES` own choices of frames whose anchors could choose one.
+        """The frame's basis family: its own choice (what evaluation uses), or with the filter on, the family
+        the filter's frames choose together (`_pool_anchors`).
 
-        Frames without such anchors (none, fewer than a tier's worth, scale only) keep the state's family:
-        the prediction is the prior and the ridge solve toward it copes with few anchors, so the frame coasts
-        or nudges the estimate instead of losing its shape. The median keeps a selection that flickers between
-        tiers from adding weights every other frame (the filter carries weights over by name: added ones start
-        at their prior, which leaves the field as it was). The family only grows while the frames' anchors
-        still allow it (`tier_for`): dropping weights changes the field, since the kept ones were estimated
+        The family only grows while the state lives. Frames with few anchors keep it: the prediction is the
+        prior and the ridge solve toward it copes with few anchors, so the frame coasts or nudges the estimate
+        instead of losing its shape. Dropping weights changes the field, since the kept ones were estimated
         together with them, and their small covariance keeps the next anchors from repairing it (KITTI, 200
         LiDAR anchors whose own choice flips between tiers 2 and 3: AbsRel 0.05 per frame, 0.15 filtered on
-        the frame after a drop). Returns the family to use and the frame's own choice.
+        the frame after a drop). Scale only is the exception: the state goes and the frames stand alone
+        (`_filter_weights`). Returns the family to use and the frame's own choice.
         """
         cfg = self.config
         own = self.bases_fn(out, cfg.basis, len(clean), clean)
         if not use_filter:
             return own, own
-        if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), cfg.basis) >= 1:
-            self._votes.append(own.tier)
-        if self._filter.state is None:
+        self._pooled_tier = self._pool_anchors(own, clean)
+        if self._pooled_tier is None:
+            tier = own.tier if self._filter.state is None else self._tier
+        else:
+            tier = self._pooled_tier
+        if tier < 0 and self._filter.state is not None and not self._state_predicts_worse():
+            tier = self._tier  # the state predicts the anchors better than scale only: it stays, whole
+        if tier < 0:
             return own, own
-        tier = sorted(self._votes)[len(self._votes) // 2] if self._votes else self._tier
-        if tier < self._tier <= tier_for(len(clean), cfg.basis):
-            tier = self._tier  # the held family stays while the anchor count allows it (see above)
+        if self._filter.state is not None and tier < self._tier:
+            tier = self._tier  # the held family stays (see above)
         if own.tier == tier and (own.names == self._names or tier != self._tier):
             return own, own
         # analytic bases: the held tier is cut from this frame's full family (the maps build_bases would build)
@@ -290,6 +303,37 @@ class Pipeline:
         if hasattr(held, "coverage") and hasattr(own, "coverage"):
             held = dataclasses.replace(held, coverage=own.coverage)  # how far these anchors reach
         return held, own
+
+    def _pool_anchors(self, own: BasisSet, clean: Anchors) -> int | None:
+        """The filter's basis tier for this frame (-1: scale only, no state), or None where the frames give none
+        (learned bases, or too few anchors for a tier): the median of the latest `_FAMILY_FRAMES` frames' picks,
+        each `select_tier`'s blocked cross-validation on the anchors of the latest `_FAMILY_FRAMES` frames
+        together, on this frame's maps (a static scene's anchors pool exactly; a moving camera's earlier
+        anchors sit a little off, which only makes a richer family look worse).
+
+        One frame's choice is the wrong judge of a state that accumulates anchors over frames. 100 VIO corners
+        a frame land on the same textured places every frame, and a field fitted to them bends the walls
+        between them however many frames add up: on static NYU one frame's tier-3 choice among scale-only ones
+        started a state at AbsRel 0.125 against 0.064 per frame; pooled, the corners pick scale only. Fresh
+        LiDAR lines pool into more evidence than one frame's. The median of the picks keeps one frame's flip
+        from ending a state that the others support (KITTI's own LiDAR: t3 and scale only within the
+        tolerance of each other, and the state accumulated over frames beats both)."""
+        full = own.family if own.family is not None else own
+        if self.bases_fn is not build_bases or tier_for(len(clean), self.config.basis) < 1 or full.tier < 1:
+            return self._median_pick()
+        if self._pool_shape != full.full_shape:  # pixels of another image size do not pool
+            self._pool.clear()
+            self._picks.clear()
+            self._pool_shape = full.full_shape
+        self._pool.append(clean)
+        pooled = Anchors.concatenate(self._pool)
+        if len(pooled) > _POOL_MAX_ANCHORS:
+            pooled = pooled.subset(np.linspace(0, len(pooled) - 1, _POOL_MAX_ANCHORS).astype(np.int64))
+        self._picks.append(select_tier(full, pooled, self.config.basis).tier)
+        return self._median_pick()
+
+    def _median_pick(self) -> int | None:
+        return sorted(self._picks)[len(self._picks) // 2] if self._picks else None
 
     def _frame_fit(self, bases, design) -> tuple[Prior, FitResult, FitLevel, str, Design]:
         """The frame on its own (the result without the filter): global alignment, then the field around it,
@@ -329,28 +373,41 @@ class Pipeline:
         design used, the fit to publish, the reset reason ('' if none) and the innovation's NIS per degree
         of freedom."""
         f = self._filter
+        dropped = ""
+        scale_only = self._pooled_tier is not None and self._pooled_tier < 0
+        if f.state is not None and scale_only and self._state_predicts_worse():
+            dropped = "the latest frames' anchors choose scale only, which predicts them better: the state goes"
+            f.reset(dropped)
+            self._forget_family(keep_pool=True)
         if f.state is not None and self._names != bases.names:
             f.remap(_name_index(self._names, bases.names), initial)
         had_state = f.state is not None
-        if not had_state and not getattr(bases, "shift_free", True):
-            # scale only (few or clustered anchors, shift pinned, scale held at the anchors' absrel_scale): no state
-            # is born from it, its pinned spreads would freeze the random walk; the frame stands alone
+        if not had_state and (scale_only or not getattr(bases, "shift_free", True)):
+            # scale only (the frames' together, or this frame's: few or clustered anchors, shift pinned, scale held
+            # at the anchors' absrel_scale): no state is born from it, its pinned spreads would freeze the random
+            # walk; the frame stands alone
             self._stood_alone(frame_fit, stamp_s)
-            return bases, design, frame_fit, "", 0.0
+            return bases, design, frame_fit, dropped, 0.0
         predicted = f.predict(stamp_s, initial)
         fit, reason, nis_per_dof = frame_fit, "", 0.0
         if had_state and frame_fit.level is not FitLevel.PRIOR:
             nis, dof = _innovation(predicted, frame_fit, initial, design, clean, bases.full_shape)
+            errors = _prediction_errors(predicted.mean, design)
+            if errors is not None:
+                self._prediction_errors.append(errors)
             nis_per_dof = nis / dof if dof > 0 else 0.0
             reason = f.innovation_reset(nis, dof)
             if reason:
                 f.reset(reason)
-                self._forget_family()  # the local correction goes too
+                pooled_here = bool(self._pool) and self._pool[-1] is clean
+                self._forget_family()  # the local correction and the old scene's anchors go too
                 if own is not bases:  # the held family belonged to the old scene
                     bases, design = own, anchor_design(own, clean, self.config.noise_rel)
                     initial, fit, level, why, design = self._frame_fit(own, design)
-                if getattr(own, "tier", 0) >= 0 and tier_for(len(clean), self.config.basis) >= 1:
-                    self._votes.append(own.tier)
+                if pooled_here:  # the new scene's pool starts with this frame and its own choice
+                    self._pool_shape = bases.full_shape
+                    self._pool.append(clean)
+                    self._picks.append(own.tier)
                 if not getattr(own, "shift_free", True):
                     self._stood_alone(fit, stamp_s)
                     return bases, design, fit, reason, nis_per_dof  # scale only: no state is born (see above)
@@ -373,6 +430,16 @@ class Pipeline:
         if f.state is not None:
             self._names, self._tier = bases.names, bases.tier
         return bases, design, fit, reason, nis_per_dof
+
+    def _state_predicts_worse(self) -> bool:
+        """Over the latest frames, the state's prediction erred more at their anchors than scale only (mean
+        squared relative error in depth, `_prediction_errors`). Where frames flip between a field and scale only
+        (KITTI's own LiDAR: tier 3 and scale only within the selection's tolerance) the state accumulated over
+        frames predicts new anchors better than both and stays."""
+        if not self._prediction_errors:
+            return False
+        state, scale_only = np.sum(np.asarray(self._prediction_errors), axis=0)
+        return bool(state > scale_only)
 
     def _stood_alone(self, fit: FitResult, stamp_s: float) -> None:
         """The filter's bookkeeping for a frame published on its own, without a state: anchors that gave a fit
@@ -433,6 +500,26 @@ class Pipeline:
             return local, local
         raw_log_ratio = np.log(raw_design.target[ok][keep] / fitted[ok][keep])
         return local, with_own_misfit(local, xw, yw, raw_log_ratio, weight, self.config.local)
+
+
+def _prediction_errors(weights: np.ndarray, design: Design) -> tuple[float, float] | None:
+    """(the field `weights`', scale only's) mean squared relative depth error at `design`'s anchors, gross
+    outliers left out (`gross_outlier_free`); None with fewer than 3 anchors to judge on. Scale only is the
+    anchors' own `absrel_scale`: one weight, so its in-sample error is close to a held-out one."""
+    y = design.target
+    g = design.matrix[:, design.scale_index]  # the constant map times the relative inverse depth
+    fitted = design.matrix @ weights
+    ok = np.isfinite(y) & (y > 0) & (g > 0) & (fitted > 0)
+    if ok.sum() < 3:
+        return None
+    ratio = y[ok] / g[ok]
+    s0 = absrel_scale(ratio)
+    if not (np.isfinite(s0) and s0 > 0):
+        return None
+    good = gross_outlier_free(np.log(ratio / s0))
+    field_err = y[ok][good] / fitted[ok][good] - 1.0  # d_fitted / d - 1
+    scale_err = ratio[good] / s0 - 1.0
+    return float(np.mean(field_err**2)), float(np.mean(scale_err**2))
 
 
 def _explained(fit: FitResult, why: str) -> FitResult:

@@ -101,9 +101,7 @@ def cross_validate(full: BasisSet, anchors, config: BasisConfig, basis_rel_std: 
     if len(occupied) < 2 or not (np.isfinite(s0) and s0 > 0):
         hint = s0 if np.isfinite(s0) and s0 > 0 else 0.0
         return restrict(full, -1, "scale only: anchors in one grid cell", hint)
-    log_r = np.log(ratio / s0)
-    dev = np.abs(log_r - np.median(log_r))
-    good = dev <= max(4.0 * 1.4826 * float(np.median(dev)), np.log(1.5))
+    good = gross_outlier_free(np.log(ratio / s0))
     # folds are dealt from the cells of the anchors kept: the outlier test can empty all but one cell, and a
     # single fold leaves nothing to fit on
     kept_cells = np.flatnonzero(np.bincount(cell[good], minlength=16))
@@ -148,6 +146,13 @@ def absrel_scale(ratio: np.ndarray) -> float:
     Weights are held within half and twice the median ratio's so that a near-zero-depth outlier cannot take it;
     equal weights give the plain median (each sample sits at the middle of its weight)."""
     return float(_absrel_scale(np.asarray(ratio, np.float64)))
+
+
+def gross_outlier_free(log_ratio: np.ndarray) -> np.ndarray:
+    """Which anchors are not gross outliers of a one-scale fit: log ratio to the scale within 4 robust sigmas
+    (MAD) of the median, and always those within a factor 1.5."""
+    dev = np.abs(log_ratio - np.median(log_ratio))
+    return dev <= max(4.0 * 1.4826 * float(np.median(dev)), np.log(1.5))
 
 
 @njit(cache=True, nogil=True)
