@@ -273,6 +273,7 @@ def test_warm_up_compiles_every_kernel_the_scale_field_uses():
         assert f"scale_field_ros.{stage}" in modules, stage
     assert not any(before.values())  # nothing compiled before warm_up: what follows is its doing
     inner = {"_robust_scale", "_cholesky", "_cholesky_solve", "_solve_spd", "_inverse_spd", "_irls", "_held_out_error"}
+    inner |= {"_absrel_scale_sorted", "_fold_grams", "_held_out_scale_only"}  # compiled into their callers
     entry = {name for name in after if name.rsplit(".", 1)[1] not in inner}
     assert len(entry) >= 10
     missed = sorted(name for name in entry if not after[name])

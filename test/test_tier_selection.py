@@ -55,3 +55,21 @@ def test_anchors_on_two_surfaces_lean_to_the_nearer_depth():
 
     near, median = scored(absrel_scale(r)), scored(float(np.median(r)))
     assert median > 1.0 and near < 0.6 and near < 0.5 * median
+
+
+def test_held_out_scale_only_is_absrel_scale_of_the_other_folds():
+    # the cross-validation scores scale only from one sort of all anchors (`_held_out_scale_only`); each fold's
+    # errors must be those of `absrel_scale` fitted on the other folds, ties, bad values and odd counts included
+    from scale_field_ros.tier_selection import _held_out_error, _held_out_scale_only
+
+    ratio, _, _ = _ratios("kitti_semidense", 0)
+    rng = np.random.default_rng(0)
+    for n, n_folds in ((5000, 5), (101, 3), (12, 2)):
+        r = np.round(rng.choice(ratio, n).astype(np.float64), 3)  # rounded: many equal ratios
+        r[:3] = (np.nan, -1.0, np.inf)
+        fold = rng.integers(0, n_folds, n)
+        expected = np.empty(n)
+        for f in range(n_folds):
+            test = fold == f
+            expected[test] = _held_out_error(absrel_scale(r[~test]) / r[test])
+        np.testing.assert_array_equal(_held_out_scale_only(fold, n_folds, r), expected)
