@@ -141,6 +141,39 @@ def bench_scale_field(ctx: BenchContext) -> dict[str, LatencyStats]:
     return stages
 
 
+def bench_scale_field_lidar(ctx: BenchContext) -> dict[str, LatencyStats]:
+    """The stage on LiDAR anchors, where the basis family is cross-validated every frame (the NYU frame's 1000
+    uniform anchors cover the image, which skips that test): the kitti_lidar frame at its own size, 1000 points
+    of its own scan a frame, drawn afresh, on this backbone's output; alone ("scale_field_lidar") and through the
+    temporal filter ("scale_field_filtered_lidar"), which also cross-validates on the last frames' anchors
+    pooled (`Pipeline._pool_anchors`). The first two frames are not timed."""
+    import dataclasses
+
+    from .datasets import load_dataset, shared_root
+    from .patterns import draw_anchors
+    from .pipeline import Pipeline, PipelineConfig
+    from .temporal_filter import FilterConfig
+
+    folder = shared_root() / "data" / "kitti_lidar"
+    if not (folder / "manifest.json").is_file():
+        return {}
+    frame = load_dataset(folder).frame(0)
+    out = ctx.backbone.infer(frame.rgb)
+    draws = [draw_anchors(frame, "native", SCALE_FIELD_ANCHORS, seed=i).anchors for i in range(ctx.repeats + 2)]
+    alone = PipelineConfig(max_depth_m=frame.max_depth_m)
+    filtered = dataclasses.replace(alone, filter=FilterConfig(enabled=True))
+    stages = {}
+    for name, config in (("scale_field_lidar", alone), ("scale_field_filtered_lidar", filtered)):
+        pipe = Pipeline(None, config)
+        samples = []
+        for i, anchors in enumerate(draws):
+            t = pipe.process_output(out, anchors, stamp_s=i / 30.0).timings_ms
+            if i >= 2:
+                samples.append(t.bases + t.solve + t.filter + t.compose)
+        stages[name] = latency_stats(samples)
+    return stages
+
+
 def _scale_field_input(ctx: BenchContext):
     """The backbone's output for the input frame, computed once per report."""
     if "scale_field_input" not in ctx.cache:
@@ -291,6 +324,7 @@ STAGE_BENCHES: list[Callable[[BenchContext], dict[str, LatencyStats]]] = [
     bench_backbone_split,
     bench_scale_field,
     bench_scale_field_one_core,
+    bench_scale_field_lidar,
     bench_lidar_anchors,
     bench_node_end_to_end,
     # torch last: its CPU thread pool keeps spinning after a run and slowed the node's frames 5x when it ran first

@@ -53,6 +53,8 @@ def test_bench_writes_the_json_report(tmp_path, monkeypatch, fastdepth_path):
         "scale_field",
         "scale_field_solve",
         "scale_field_one_core",
+        "scale_field_lidar",
+        "scale_field_filtered_lidar",
         "scale_field_torch",
         "scale_field_torch_bases",
         "anchors_scan",
@@ -155,3 +157,32 @@ def test_the_filtered_stage_runs_the_temporal_filter_on_every_timed_frame():
     stage, filt = np.array(run["scale_field_filtered"]), np.array(run["filter"])
     assert len(stage) == len(filt) == 3
     assert np.all(filt > 0) and np.all(stage > filt)
+
+
+def test_the_lidar_stage_times_cross_validation_on_every_frame_and_the_filtered_one_on_pooled_frames(monkeypatch):
+    # the NYU rows' uniform anchors cover the image and skip the tier test; the LiDAR rows must time it: each
+    # frame's own test, and with the filter also the test on the last frames' anchors pooled
+    import numpy as np
+    from field_backbone import backbone
+
+    import scale_field_ros.bases as bases_module
+    import scale_field_ros.pipeline as pipeline_module
+
+    tested = {"own": [], "pooled": []}
+
+    def spy(kind, select):
+        def counted(full, anchors, config, *rest):
+            tested[kind].append(len(anchors))
+            return select(full, anchors, config, *rest)
+
+        return counted
+
+    monkeypatch.setattr(bases_module, "select_tier", spy("own", bases_module.select_tier))
+    monkeypatch.setattr(pipeline_module, "select_tier", spy("pooled", pipeline_module.select_tier))
+    rgb = np.zeros((8, 8, 3), np.uint8)  # the stage bench loads its own frame
+    stages = bench.bench_scale_field_lidar(bench.BenchContext(backbone=backbone(), rgb=rgb, frame=None, repeats=4))
+    assert stages["scale_field_lidar"].repeats == stages["scale_field_filtered_lidar"].repeats == 4
+    assert len(tested["own"]) == 2 * 6 and min(tested["own"]) > 900  # both streams, every frame, 1000 points
+    pooled = tested["pooled"]
+    assert len(pooled) == 6 and pooled[4] > 4.5 * pooled[0]  # five frames pooled ...
+    assert abs(pooled[5] - pooled[4]) < 0.05 * pooled[4]  # ... and no more
