@@ -19,7 +19,7 @@ from .anchors import Anchors, anchors_from_points
 from .array_namespace import NUMPY
 from .backbone import Backbone, BackboneOutput, DepthKind
 from .bases import bases_provider, build_bases
-from .basis_set import BasisConfig, BasisSet, family_for_tier, sample_maps, tier_for
+from .basis_set import BasisConfig, BasisSet, family_for_tier, restrict, sample_maps, tier_for
 from .camera import Intrinsics
 from .deskew import transform_at_times
 from .field import (
@@ -34,7 +34,7 @@ from .field import (
 )
 from .residual_grid import LocalConfig, LocalCorrection, local_correction, neighbour_consistent, with_own_misfit
 from .solver import Design, FitLevel, FitResult, Prior, SolverConfig, solve
-from .temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine
+from .temporal_filter import CorrectionFilter, FilterConfig, ScaleMemory, WeightFilter, combine
 from .tier_selection import absrel_scale, gross_outlier_free, select_tier
 
 _FAMILY_FRAMES = 5  # the filter's family: the median pick of this many frames, each on this many frames' anchors
@@ -152,22 +152,29 @@ class Pipeline:
         cfg = self.config.filter
         self._filter = WeightFilter(cfg) if (WeightFilter is not None and cfg is not None) else None
         self._local_filter = CorrectionFilter(cfg) if self._filter is not None else None
+        # the scale's random walk as the weight filter's on the scale weight (a fraction of its prior's spread)
+        walk = cfg.process_noise * self.config.prior.scale_rel_std if cfg is not None else 0.0
+        self._scale_memory = ScaleMemory(walk, self.config.noise_rel, cfg, _FAMILY_FRAMES)
         self._forget_family()
 
-    def _forget_family(self, keep_pool: bool = False) -> None:
-        """Drop what belongs to the filter state's family; `keep_pool`: the latest frames' anchors and picks stay
-        (the same scene and timeline, only the state went)."""
+    def _forget_family(self, keep_pool: bool = False, keep_local: bool = False) -> None:
+        """Drop what belongs to the filter state's family; `keep_pool`: the latest frames' anchors and picks, their
+        scale and misfit stay (the same scene and timeline, only the state went); `keep_local`: the local
+        correction's filter too (the caller decides once the frame's family is known)."""
         self._names: tuple[str, ...] = ()  # basis names of the filter state's weights
         self._tier = 0  # basis tier of the filter state
-        self._misfit: float | None = None  # model misfit of the last anchored frame (kept while coasting)
         if not keep_pool:
+            self._misfit: float | None = None  # model misfit of the last anchored frame (kept while coasting)
+            self._scale_memory.clear()  # the latest frames' scale (`_remembered_scale`)
             self._pool: deque[Anchors] = deque(maxlen=_FAMILY_FRAMES)  # the latest frames' anchors
             self._picks: deque[int] = deque(maxlen=_FAMILY_FRAMES)  # the tiers their pooled anchors chose
             self._pool_shape: tuple[int, int] | None = None  # the image size the pooled anchors belong to
         # per anchored frame with a state: squared relative errors of the state's prediction and of scale only
         self._prediction_errors: deque[tuple[float, float]] = deque(maxlen=_FAMILY_FRAMES)
-        if self._local_filter is not None:
-            self._local_filter.reset()
+        if not keep_local:
+            if self._local_filter is not None:
+                self._local_filter.reset()
+            self._local_scale_only = False  # the local filter holds the correction of frames on the remembered scale
 
     def process(self, rgb: np.ndarray, anchors: Anchors, stamp_s: float | None = None) -> PipelineResult:
         if self.backbone is None:
@@ -190,7 +197,7 @@ class Pipeline:
             stamp_reset = self._filter.check_stamp(stamp_s)  # a bag looping resets before the family is chosen
             if self._filter.state is None:
                 # the pooled anchors go only with the timeline: frames standing alone still add to them
-                self._forget_family(keep_pool=not stamp_reset)
+                self._forget_family(keep_pool=not stamp_reset, keep_local=not stamp_reset)
         bases, own = self._bases(out, clean, use_filter)
         t1 = time.perf_counter()
 
@@ -204,6 +211,10 @@ class Pipeline:
             alone = self._filter.state is None
             step = self._filter_weights(design, bases, own, clean, initial, fit, level, why, stamp_s)
             bases, design, fit, reset_reason, nis_per_dof = step
+            if len(clean):
+                self._scale_memory.add(stamp_s, _raw_ratios(own, clean))
+            if alone:
+                bases, design, fit = self._without_state(bases, own, design, fit, clean, stamp_s)
             alone = alone or bool(reset_reason)
             reset_reason = reset_reason or stamp_reset
             t_filter += time.perf_counter() - tf
@@ -431,6 +442,57 @@ class Pipeline:
             self._names, self._tier = bases.names, bases.tier
         return bases, design, fit, reason, nis_per_dof
 
+    def _without_state(self, bases, own, design, fit: FitResult, clean: Anchors, stamp_s: float):
+        """A frame that began without a weight state: one was born here, or it stands alone, on the remembered
+        scale where it is scale only (`_remembered_scale`). Its local correction is its own, except that a
+        frame without anchors after one on the remembered scale keeps that frame's. (Carried through a run of
+        anchored scale-only frames, the correction of clustered VIO corners added up over frames and cost
+        AbsRel on sun3d, 0.090 -> 0.104: `scripts/filter_static_scenes.py`.)"""
+        scale_only = False
+        if self._filter.state is None:
+            bases, design, fit = self._remembered_scale(bases, own, design, fit, clean, stamp_s)
+            scale_only = bases.tier == -1
+        if not (scale_only and fit.level is FitLevel.PRIOR and self._local_scale_only):
+            self._local_filter.reset()
+        self._local_scale_only = scale_only
+        return bases, design, fit
+
+    def _remembered_scale(self, bases, own, design, fit: FitResult, clean: Anchors, stamp_s: float):
+        """A frame without a weight state on the latest frames' scale (`ScaleMemory`): a scale-only frame takes
+        it, so that the scale of few or clustered anchors is averaged over frames instead of jumping with each
+        frame's draw; a frame without usable anchors coasts on it in scale only (the network's own scale, the
+        prior, is no scale at all for an affine-invariant model). Frames whose own choice is a field keep it,
+        as do depth-affine alignments (their map is not the raw one the memory is in). Returns the family,
+        design and fit to publish."""
+        family = own.family if own.family is not None else own
+        coast = fit.level is FitLevel.PRIOR
+        if not coast and (bases.tier != -1 or bases.inv_rel is not family.inv_rel):
+            return bases, design, fit
+        remembered = self._scale_memory.scale(stamp_s)
+        if remembered is None:
+            return bases, design, fit
+        if coast:
+            why = f"no usable anchors: the scale of the latest {remembered.frames} anchored frames"
+            bases = restrict(family, -1, why)
+            design = anchor_design(bases, clean, self.config.noise_rel)
+            fit = dataclasses.replace(fit, weights=np.zeros(bases.k + 1), covariance=np.eye(bases.k + 1))
+        scale = remembered.raw_scale * bases.scale_inv_rel
+        weights = np.asarray(fit.weights, np.float64).copy()
+        weights[design.scale_index] = scale
+        cov = np.asarray(fit.covariance, np.float64).copy()
+        cov[design.scale_index, :] = cov[:, design.scale_index] = 0.0
+        cov[design.scale_index, design.scale_index] = (remembered.log_std * scale) ** 2
+        if coast:
+            cov[design.shift_index, design.shift_index] = (1e-6 * scale) ** 2  # scale only: the shift pinned
+        with np.errstate(invalid="ignore"):
+            residuals = np.nan_to_num(design.target - design.matrix @ weights)
+        inliers = fit.inliers if len(fit.inliers) == len(residuals) else np.zeros(len(residuals), bool)
+        reason = why if coast else fit.fallback_reason
+        remembered_fit = dataclasses.replace(
+            fit, weights=weights, covariance=cov, residuals=residuals, inliers=inliers, fallback_reason=reason
+        )
+        return bases, design, remembered_fit
+
     def _state_predicts_worse(self) -> bool:
         """Over the latest frames, the state's prediction erred more at their anchors than scale only (mean
         squared relative error in depth, `_prediction_errors`). Where frames flip between a field and scale only
@@ -500,6 +562,14 @@ class Pipeline:
             return local, local
         raw_log_ratio = np.log(raw_design.target[ok][keep] / fitted[ok][keep])
         return local, with_own_misfit(local, xw, yw, raw_log_ratio, weight, self.config.local)
+
+
+def _raw_ratios(own: BasisSet, anchors: Anchors) -> np.ndarray:
+    """The anchors' (1 / depth) / the backbone's raw relative inverse depth (not normalised by the frame's median,
+    which moves with the view): a scale in units that frames share (`ScaleMemory`). From the family `own` was
+    cut from, whose map is the raw one even where `own` is a depth-affine alignment."""
+    family = own.family if own.family is not None else own
+    return np.exp(-_log_g_at(family, anchors)) / (family.scale_inv_rel * anchors.depth_m.astype(np.float64))
 
 
 def _prediction_errors(weights: np.ndarray, design: Design) -> tuple[float, float] | None:

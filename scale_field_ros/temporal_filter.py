@@ -15,6 +15,9 @@ prediction far beyond its uncertainty (normalised innovation squared, NIS) means
 cut, a bag jumping); so does a stamp going backwards. Both reset to the caller's initial prior.
 When the basis family changes (more anchors allow a richer one) `remap` carries the weights by name.
 
+`ScaleMemory` remembers the scale of the frames that stand alone, without a state (their anchors support scale
+only: few, or clustered like VIO corners), so that those frames are smoothed and frames without anchors coast on it.
+
 `CorrectionFilter` does the same per pixel for the pipeline's local log-depth correction (image space,
 working resolution): the local correction interpolates each frame's anchor residuals, so without it every
 frame's anchor noise would reach the output unfiltered.
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .solver import FitResult, Prior
+from .tier_selection import absrel_scale
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,86 @@ class WeightFilter:
         self.coast_duration_s = 0.0
         self.last_reset_reason = reason
         self.n_resets += 1
+
+
+@dataclass(frozen=True)
+class RememberedScale:
+    """`ScaleMemory.scale`: the scale of inverse depth over the backbone's raw relative inverse depth, the std of
+    its log, and how many frames it pools."""
+
+    raw_scale: float
+    log_std: float
+    frames: int
+
+
+class ScaleMemory:
+    """The scale of the latest anchored frames, for frames that have no weight state (see module docstring).
+
+    Each anchored frame adds its anchors' ratios (1 / depth) / raw relative inverse depth, against its own map,
+    so a moving camera pools as well as a still one; raw units, since each frame's normalised map has its own
+    median. The scale is `absrel_scale` of the latest `frames` frames' ratios together (robust, AbsRel-optimal).
+    The std of its log is a median's, 1.25 x 1.4826 MAD / sqrt(n) (the spread at least `noise_rel`), grown by
+    the random walk `walk_log_std` (log scale per sqrt(second)) since the newest frame: a frame without anchors
+    coasts on it, less sure the longer it goes. The newest frame restarts the memory when its own scale
+    disagrees with the earlier frames' by more than `reset_nis_threshold` in normalised squared units (a cut,
+    another room); a stamp going back by more than `backwards_tolerance_s` empties it.
+    """
+
+    def __init__(
+        self, walk_log_std: float, noise_rel: float, config: FilterConfig | None = None, frames: int = 5
+    ) -> None:
+        self.config = config or FilterConfig()
+        self.walk_log_std = float(walk_log_std)
+        self.noise_rel = float(noise_rel)  # the anchors' own noise: the floor of a frame's spread (one anchor: 0)
+        self.frames = int(frames)
+        self._ratios: list[np.ndarray] = []  # oldest first
+        self._stamps: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._ratios)
+
+    def clear(self) -> None:
+        self._ratios, self._stamps = [], []
+
+    def add(self, stamp_s: float, raw_ratio: np.ndarray) -> None:
+        """Remember one anchored frame's ratios (non-finite and non-positive ones are dropped; none left: no frame)."""
+        if self._stamps and stamp_s < self._stamps[-1] - self.config.backwards_tolerance_s:
+            self.clear()
+        r = np.asarray(raw_ratio, np.float64)
+        r = r[np.isfinite(r) & (r > 0)]
+        if r.size == 0:
+            return
+        self._ratios = [*self._ratios, r][-self.frames :]
+        self._stamps = [*self._stamps, float(stamp_s)][-self.frames :]
+
+    def scale(self, stamp_s: float) -> RememberedScale | None:
+        """The remembered scale at `stamp_s`, None when no frame is remembered (or a stamp went far back)."""
+        if self._stamps and stamp_s < self._stamps[-1] - self.config.backwards_tolerance_s:
+            self.clear()
+        if not self._ratios:
+            return None
+        if len(self._ratios) > 1:
+            newest = _pooled_scale(self._ratios[-1:], self.noise_rel)
+            earlier = _pooled_scale(self._ratios[:-1], self.noise_rel)
+            step = self.walk_log_std**2 * max(0.0, self._stamps[-1] - self._stamps[-2])
+            gap = (np.log(newest[0]) - np.log(earlier[0])) ** 2 / (newest[1] ** 2 + earlier[1] ** 2 + step)
+            if not gap <= self.config.reset_nis_threshold:
+                self._ratios, self._stamps = self._ratios[-1:], self._stamps[-1:]
+        raw_scale, log_std = _pooled_scale(self._ratios, self.noise_rel)
+        coast_s = max(0.0, stamp_s - self._stamps[-1])
+        log_std = float(np.sqrt(log_std**2 + self.walk_log_std**2 * coast_s))
+        return RememberedScale(raw_scale, log_std, len(self._ratios))
+
+
+def _pooled_scale(ratios: list[np.ndarray], noise_rel: float) -> tuple[float, float]:
+    """(absrel_scale, the std of its log) of the ratios of some frames together; their spread is at least
+    `noise_rel`, the anchors' assumed noise. The std is that of one frame's worth of them: the frames' anchors
+    are mostly the same points (VIO landmarks, one LiDAR scan for three camera frames), so pooling them steadies
+    the scale but is no more evidence than one frame."""
+    r = np.concatenate(ratios) if len(ratios) > 1 else ratios[0]
+    s = absrel_scale(r)
+    spread = max(1.4826 * float(np.median(np.abs(np.log(r) - np.log(s)))), noise_rel)
+    return s, 1.2533 * spread / np.sqrt(r.size / len(ratios))
 
 
 @dataclass(frozen=True)

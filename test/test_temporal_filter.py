@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from scale_field_ros.solver import FitLevel, FitResult, Prior
-from scale_field_ros.temporal_filter import CorrectionFilter, FilterConfig, WeightFilter, combine, weight_nis
+from scale_field_ros.temporal_filter import (
+    CorrectionFilter,
+    FilterConfig,
+    ScaleMemory,
+    WeightFilter,
+    combine,
+    weight_nis,
+)
 
 K = 6
 
@@ -175,3 +182,51 @@ def test_a_cut_or_a_lasting_smaller_disagreement_resets():
     f.reset("scene changed")
     f.update(_fit(np.ones(K)), 1.0)
     assert f.innovation_reset(9.0 * K, K) == ""  # the history went with the state
+
+
+def _frame_ratios(seed: int, n: int = 100) -> np.ndarray:
+    """(1 / depth) / FastDepth's raw relative inverse depth at `n` uniform anchors of NYU frame 0 (2 % noise)."""
+    from field_backbone import infer
+
+    from scale_field_ros.bases import relative_inverse_depth
+    from scale_field_ros.patterns import draw_anchors
+
+    frame, out = infer("nyu", 0)
+    g, med, _ = relative_inverse_depth(out)
+    a = draw_anchors(frame, "uniform", n, seed=seed, noise=0.02).anchors
+    g_at = g[np.round(a.v).astype(int), np.round(a.u).astype(int)]
+    return 1.0 / (a.depth_m.astype(np.float64) * g_at * med)
+
+
+def test_scale_memory_pools_the_latest_frames_and_widens_while_coasting():
+    from scale_field_ros.tier_selection import absrel_scale
+
+    memory = ScaleMemory(walk_log_std=0.06, noise_rel=0.02, config=FilterConfig(enabled=True), frames=3)
+    assert memory.scale(0.0) is None
+    draws = [_frame_ratios(seed) for seed in range(4)]
+    for k, r in enumerate(draws):
+        memory.add(k * 0.1, r)
+    now = memory.scale(0.3)
+    assert now.frames == 3 and now.raw_scale == pytest.approx(absrel_scale(np.concatenate(draws[1:])))
+    one = ScaleMemory(0.06, 0.02, FilterConfig(enabled=True), frames=1)
+    one.add(0.3, draws[3])
+    # three frames of fresh anchors steady the scale but claim no more than one frame's certainty
+    assert now.log_std == pytest.approx(one.scale(0.3).log_std, rel=0.2)
+    later = memory.scale(1.3)  # a second without anchors: the walk adds 0.06^2 per second to the variance
+    assert later.raw_scale == now.raw_scale
+    assert later.log_std == pytest.approx(np.sqrt(now.log_std**2 + 0.06**2), rel=1e-9)
+
+
+def test_scale_memory_restarts_on_a_scale_jump_and_forgets_an_older_timeline():
+    memory = ScaleMemory(0.06, 0.02, FilterConfig(enabled=True), frames=5)
+    for k in range(3):
+        memory.add(k * 0.1, _frame_ratios(k))
+    steady = memory.scale(0.2)
+    memory.add(0.3, 1.5 * _frame_ratios(3))  # another scene: the scale jumps by half
+    jumped = memory.scale(0.3)
+    assert jumped.frames == 1 and jumped.raw_scale == pytest.approx(1.5 * steady.raw_scale, rel=0.05)
+    memory.add(0.4, 1.5 * _frame_ratios(4))
+    assert memory.scale(0.4).frames == 2  # the new scene pools again
+    assert memory.scale(0.4 - 2.0) is None  # the bag looped: the newer frames belong to another timeline
+    memory.add(5.0, np.array([np.nan, -1.0, 0.0]))  # nothing usable: no frame
+    assert len(memory) == 0
