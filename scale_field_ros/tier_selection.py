@@ -200,8 +200,8 @@ def _held_out_scale_only(fold, n_folds, ratio):
             median = r[(m - 1) // 2] if m % 2 else (r[m // 2 - 1] + r[m // 2]) / 2.0
             scale = _absrel_scale_sorted(t[:m], median)
         for i in range(n):
-            if fold[i] == f:
-                pred_rel[i] = scale / ratio[i]
+            if fold[i] == f:  # numpy's x / 0 (numba's scalar division would raise)
+                pred_rel[i] = scale / ratio[i] if ratio[i] != 0.0 else np.inf * scale
     return _held_out_error(pred_rel)
 
 

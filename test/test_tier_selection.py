@@ -66,7 +66,7 @@ def test_held_out_scale_only_is_absrel_scale_of_the_other_folds():
     rng = np.random.default_rng(0)
     for n, n_folds in ((5000, 5), (101, 3), (12, 2)):
         r = np.round(rng.choice(ratio, n).astype(np.float64), 3)  # rounded: many equal ratios
-        r[:3] = (np.nan, -1.0, np.inf)
+        r[:4] = (np.nan, -1.0, np.inf, 0.0)
         fold = rng.integers(0, n_folds, n)
         expected = np.empty(n)
         for f in range(n_folds):
