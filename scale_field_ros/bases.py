@@ -44,15 +44,18 @@ def relative_inverse_depth(out: BackboneOutput) -> tuple[np.ndarray, float, bool
         inv = np.where(valid, 1.0 / rel, 0.0) if out.kind is DepthKind.DEPTH else np.where(valid, rel, 0.0)
     inv = inv.astype(np.float32)
     good = valid & np.isfinite(inv) & (inv > 0)
-    med = float(np.median(inv[good])) if good.any() else 1.0
+    # the median over the valid pixels of the fast path's subsample (at full resolution a map with invalid pixels,
+    # such as Depth Anything's zero disparity in the sky, took ~10 ms more a KITTI frame); none there: no structure
+    sample = inv[::4, ::4][good[::4, ::4]]
+    med = float(np.median(sample)) if sample.size else np.nan
     if not (np.isfinite(med) and med > 0):
         return np.ones(rel.shape, np.float32), 1.0, True
-    g = np.where(good, inv / med, 1.0).astype(np.float32)
+    g = np.where(good, inv / np.float32(med), np.float32(1.0)).astype(np.float32, copy=False)
     # bound extreme values: a few near-zero depths must not dominate the fit
     np.clip(g, 1e-3, 1e3, out=g)
-    log_g = np.log(g[good]) if good.any() else np.zeros(1)
-    constant = float(np.std(log_g)) < 1e-4
-    return g, med, constant
+    lo_inv = float(np.min(inv, where=good, initial=np.inf))
+    hi_inv = float(np.max(inv, where=good, initial=0.0))
+    return g, med, not hi_inv > lo_inv * (1.0 + 1e-4)  # constant, as the fast path tests it
 
 
 def _relative_inverse_depth_valid(rel: np.ndarray, kind: DepthKind, constant: bool) -> tuple[np.ndarray, float, bool]:

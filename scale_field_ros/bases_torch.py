@@ -90,7 +90,7 @@ def relative_inverse_depth(relative: torch.Tensor, kind: DepthKind) -> tuple[tor
 
     Both of numpy's paths are computed and chosen per frame (no data-dependent branch, so it exports):
     a map positive and finite everywhere takes its median on every 4th row and column; one with invalid
-    pixels takes it over its valid pixels, which get the median."""
+    pixels takes it over the valid ones among those, and its invalid pixels get the median."""
     b = relative.shape[0]
     rel = relative.reshape(b, -1)
     valid = torch.isfinite(rel) & (rel > 0)
@@ -111,15 +111,16 @@ def relative_inverse_depth(relative: torch.Tensor, kind: DepthKind) -> tuple[tor
     # masked path
     inv = 1.0 / safe if depth else safe
     good = valid & torch.isfinite(inv) & (inv > 0)
-    med_masked = masked_median(inv, good)
-    usable = good.any(-1) & torch.isfinite(med_masked) & (med_masked > 0)
+    h, w = relative.shape[1:]
+    sub_inv = inv.reshape(b, h, w)[:, ::4, ::4].reshape(b, -1)
+    sub_good = good.reshape(b, h, w)[:, ::4, ::4].reshape(b, -1)
+    med_masked = masked_median(sub_inv, sub_good)
+    usable = sub_good.any(-1) & torch.isfinite(med_masked) & (med_masked > 0)
     med_masked = torch.where(usable, med_masked, torch.ones_like(med_masked))
     g_masked = torch.where(good, inv / med_masked[:, None], torch.ones_like(inv)).clamp(1e-3, 1e3)
-    n_good = good.sum(-1).clamp_min(1).to(rel.dtype)
-    log_g = torch.where(good, torch.log(g_masked), torch.zeros_like(g_masked))
-    mean_log = log_g.sum(-1) / n_good
-    var_log = torch.where(good, (log_g - mean_log[:, None]) ** 2, torch.zeros_like(log_g)).sum(-1) / n_good
-    constant_masked = ~usable | (torch.sqrt(var_log) < 1e-4)
+    lo_inv = torch.where(good, inv, torch.full_like(inv, torch.inf)).amin(-1)
+    hi_inv = torch.where(good, inv, torch.zeros_like(inv)).amax(-1)
+    constant_masked = ~usable | (hi_inv <= lo_inv * (1.0 + 1e-4))
     g = torch.where(all_valid[:, None], g_fast, g_masked)
     med = torch.where(all_valid, med_fast, med_masked)
     constant = (all_valid & constant_fast) | (~all_valid & constant_masked)  # ONNX Runtime has no bool Where
