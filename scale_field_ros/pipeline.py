@@ -475,15 +475,16 @@ class Pipeline:
             why = f"no usable anchors: the scale of the latest {remembered.frames} anchored frames"
             bases = restrict(family, -1, why)
             design = anchor_design(bases, clean, self.config.noise_rel)
-            fit = dataclasses.replace(fit, weights=np.zeros(bases.k + 1), covariance=np.eye(bases.k + 1))
-        scale = remembered.raw_scale * bases.scale_inv_rel
-        weights = np.asarray(fit.weights, np.float64).copy()
-        weights[design.scale_index] = scale
-        cov = np.asarray(fit.covariance, np.float64).copy()
-        cov[design.scale_index, :] = cov[:, design.scale_index] = 0.0
-        cov[design.scale_index, design.scale_index] = (remembered.log_std * scale) ** 2
-        if coast:
-            cov[design.shift_index, design.shift_index] = (1e-6 * scale) ** 2  # scale only: the shift pinned
+            scale = remembered.raw_scale * bases.scale_inv_rel
+            weights = np.array([scale, 0.0])  # scale only: the constant map's weight, then the shift, pinned at 0
+            cov = np.diag([(remembered.log_std * scale) ** 2, (1e-6 * scale) ** 2])
+        else:
+            scale = remembered.raw_scale * bases.scale_inv_rel
+            weights = np.asarray(fit.weights, np.float64).copy()
+            weights[design.scale_index] = scale
+            cov = np.asarray(fit.covariance, np.float64).copy()
+            cov[design.scale_index, :] = cov[:, design.scale_index] = 0.0
+            cov[design.scale_index, design.scale_index] = (remembered.log_std * scale) ** 2
         with np.errstate(invalid="ignore"):
             residuals = np.nan_to_num(design.target - design.matrix @ weights)
         inliers = fit.inliers if len(fit.inliers) == len(residuals) else np.zeros(len(residuals), bool)

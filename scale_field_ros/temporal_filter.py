@@ -291,10 +291,13 @@ class ScaleMemory:
     def clear(self) -> None:
         self._ratios, self._stamps = [], []
 
+    def _clear_if_back(self, stamp_s: float) -> None:
+        if self._stamps and stamp_s < self._stamps[-1] - self.config.backwards_tolerance_s:
+            self.clear()  # another timeline (a bag looped)
+
     def add(self, stamp_s: float, raw_ratio: np.ndarray) -> None:
         """Remember one anchored frame's ratios (non-finite and non-positive ones are dropped; none left: no frame)."""
-        if self._stamps and stamp_s < self._stamps[-1] - self.config.backwards_tolerance_s:
-            self.clear()
+        self._clear_if_back(stamp_s)
         r = np.asarray(raw_ratio, np.float64)
         r = r[np.isfinite(r) & (r > 0)]
         if r.size == 0:
@@ -304,8 +307,7 @@ class ScaleMemory:
 
     def scale(self, stamp_s: float) -> RememberedScale | None:
         """The remembered scale at `stamp_s`, None when no frame is remembered (or a stamp went far back)."""
-        if self._stamps and stamp_s < self._stamps[-1] - self.config.backwards_tolerance_s:
-            self.clear()
+        self._clear_if_back(stamp_s)
         if not self._ratios:
             return None
         if len(self._ratios) > 1:
