@@ -79,6 +79,11 @@ class BasisSet:
         return self.maps.shape[0]
 
     @property
+    def full_family(self) -> BasisSet:
+        """The count's full family this set was selected from, or the set itself when it is that family."""
+        return self.family if self.family is not None else self
+
+    @property
     def signature(self) -> str:
         """Same string <=> same family: the filter resets when it changes."""
         return f"t{self.tier}:" + ",".join(self.names)
@@ -133,7 +138,7 @@ def family_for_tier(bases: BasisSet, tier: int) -> BasisSet | None:
     """The family of basis tier `tier` (0 .. 3) for the frame `bases` was built for, cut from the full family it
     was selected from (the same maps `build_bases` would build for that tier), or None when that family is
     smaller than `tier`."""
-    full = bases.family if bases.family is not None else bases
+    full = bases.full_family
     if tier < 0 or tier > full.tier or full.tier < 0:
         return None
     return restrict(full, tier, "held")

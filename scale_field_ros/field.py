@@ -177,7 +177,7 @@ def blend_scale_only(est: FieldEstimate, bases: BasisSet, min_depth_m: float, ma
     if blend is None or not (blend.weight > 0 and np.isfinite(blend.scale) and blend.scale > 0):
         return est
     w = min(float(blend.weight), 1.0)
-    g = (bases.family if bases.family is not None else bases).inv_rel
+    g = bases.full_family.inv_rel
     depth_med = np.multiply(g, np.float32(blend.scale))
     np.clip(depth_med, np.float32(1.0 / max_depth_m), np.float32(1.0 / min_depth_m), out=depth_med)
     np.divide(1.0, depth_med, out=depth_med)  # not np.reciprocal: see NumpyOps.reciprocal
